@@ -1,0 +1,21 @@
+//! The one place a Kafka client configuration is built.
+//!
+//! - [`KafkaArgs`]: how to reach the cluster (brokers, security settings passed through);
+//! - [`TopicArgs`]: the topic names every service agrees on, and how to create them;
+//! - [`ProducerArgs`] + [`Producer`]: an idempotent, `acks=all` producer whose errors know
+//!   whether they are worth retrying;
+//! - [`consumer_config`]: manual offset management (offsets are stored with the results, never
+//!   auto-committed) and bounded fetch buffers.
+
+mod config;
+mod producer;
+mod topics;
+
+pub use config::{
+    KafkaArgs, ProducerArgs, SaslMechanism, Secret, SecurityProtocol, consumer_config,
+    producer_config,
+};
+pub use producer::{Acked, ProduceError, Producer, ProducerHealth};
+pub use topics::{TopicArgs, TopicError, ensure_topics};
+
+pub use rdkafka;

@@ -1,0 +1,10 @@
+//! What every lambdalake service shares: [`telemetry`] (logs), [`ops`] (`/healthz`, `/readyz`,
+//! `/metrics`) and [`tasks`] (named tasks, cancellation, shutdown on signals).
+
+pub mod ops;
+pub mod tasks;
+pub mod telemetry;
+
+pub use ops::Readiness;
+pub use tasks::Tasks;
+pub use telemetry::TelemetryArgs;

@@ -1,0 +1,132 @@
+//! Named tasks under one cancellation token: a task that fails cancels the others, and the
+//! first failure becomes the process's exit status.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+pub use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Supervises a service's tasks.
+#[derive(Clone, Default)]
+pub struct Tasks {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    failure: Arc<Mutex<Option<(&'static str, String)>>>,
+}
+
+impl Tasks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancelled when shutdown starts (a signal, a failed task, or [`Tasks::shutdown`]).
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Spawn a named task. If it returns an error, every task is cancelled.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), TaskError>> + Send + 'static,
+    {
+        let token = self.token.clone();
+        let failure = self.failure.clone();
+        self.tracker.spawn(async move {
+            tracing::debug!(task = name, "task started");
+            match task.await {
+                Ok(()) => tracing::debug!(task = name, "task finished"),
+                Err(error) => {
+                    tracing::error!(task = name, %error, "task failed; shutting down");
+                    if let Ok(mut f) = failure.lock() {
+                        f.get_or_insert((name, error.to_string()));
+                    }
+                    token.cancel();
+                }
+            }
+        });
+    }
+
+    /// Start shutting down.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Cancel on SIGINT or SIGTERM.
+    pub fn cancel_on_signals(&self) {
+        let token = self.token.clone();
+        self.spawn("signals", async move {
+            tokio::select! {
+                () = shutdown_signal() => {
+                    tracing::info!("shutdown signal received");
+                    token.cancel();
+                }
+                () = token.cancelled() => {}
+            }
+            Ok(())
+        });
+    }
+
+    /// Wait until every task has finished; returns the first failure, if any.
+    pub async fn wait(&self) -> Result<(), (&'static str, String)> {
+        self.tracker.close();
+        self.tracker.wait().await;
+        match self.failure.lock().ok().and_then(|mut f| f.take()) {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_task_cancels_the_others() {
+        let tasks = Tasks::new();
+        let token = tasks.token();
+        tasks.spawn("waiter", async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        tasks.spawn("failer", async { Err("boom".into()) });
+        assert_eq!(tasks.wait().await, Err(("failer", "boom".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn clean_shutdown_is_ok() {
+        let tasks = Tasks::new();
+        let token = tasks.token();
+        tasks.spawn("waiter", async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        tasks.shutdown();
+        assert_eq!(tasks.wait().await, Ok(()));
+    }
+}

@@ -1,0 +1,47 @@
+use tracing_subscriber::EnvFilter;
+
+/// Logging configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log filter in `tracing` syntax, e.g. `info` or `info,lambdalake_ingest=debug`.
+    #[arg(long = "log", env = "LAMBDALAKE_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long = "log-format", env = "LAMBDALAKE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("a global logger is already installed")]
+    AlreadyInstalled,
+}
+
+/// Install the global log subscriber (logs go to standard error).
+pub fn init(args: &TelemetryArgs) -> Result<(), TelemetryError> {
+    let filter = EnvFilter::try_new(&args.log_filter).map_err(|source| TelemetryError::Filter {
+        filter: args.log_filter.clone(),
+        source,
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)
+}

@@ -1,0 +1,8 @@
+//! Tests across services, on the real Kafka-protocol broker, Redis and PostgreSQL started by
+//! `infra/local/stack up` (their addresses come from `infra/local/stack env`). Every test makes
+//! its own topics, so tests run in parallel and leave nothing behind that another test reads.
+
+#[cfg(test)]
+mod ingest;
+#[cfg(test)]
+mod support;

@@ -1,0 +1,152 @@
+//! Helpers: unique names, a running ingest service, a plain consumer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lambdalake_ingest::CancellationToken;
+use lambdalake_ingest::{Application, Config};
+use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lambdalake_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use lambdalake_kafka::{KafkaArgs, consumer_config};
+use rand::Rng;
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:012x}",
+        rand::rng().random::<u64>() & 0xffff_ffff_ffff
+    )
+}
+
+/// A running ingest service on a free port; stops when dropped.
+pub struct Ingest {
+    pub url: String,
+    pub sensor_topic: String,
+    pub payment_topic: String,
+    stop: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), std::io::Error>>>,
+}
+
+impl Ingest {
+    /// Start ingest with fresh topics and `extra` command-line arguments.
+    pub async fn start(extra: &[&str]) -> Ingest {
+        let sensor_topic = unique("it-sensor");
+        let payment_topic = unique("it-payment");
+        let mut args = vec![
+            "lambdalake-ingest",
+            "--listen",
+            "127.0.0.1:0",
+            "--topic-sensor-readings",
+            &sensor_topic,
+            "--topic-payments",
+            &payment_topic,
+        ];
+        args.extend_from_slice(extra);
+        let config = Config::try_parse_from(args).expect("valid ingest arguments");
+        let app = Application::build(config)
+            .await
+            .expect("ingest starts (is the local stack up? run `infra/local/stack up`)");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let stop = app.shutdown_token();
+        let handle = tokio::spawn(app.run_until_stopped());
+        Ingest {
+            url,
+            sensor_topic,
+            payment_topic,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop gracefully and wait until the producer is flushed.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("ingest task").expect("ingest stops cleanly");
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub key: String,
+    pub value: serde_json::Value,
+    pub raw: Vec<u8>,
+}
+
+fn kafka_args() -> KafkaArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+    Cli::parse_from(["tests"]).kafka
+}
+
+/// Read `topic` from the beginning of every partition until `expected` records arrived, then
+/// keep reading `settle` longer to catch any record too many.
+pub fn read_topic(topic: &str, expected: usize, settle: Duration) -> Vec<Record> {
+    let config: ClientConfig = consumer_config(&kafka_args(), &unique("it-reader"));
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p as i32, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if settle_until.is_some_and(|t| now >= t) || now >= deadline {
+            break;
+        }
+        if records.len() >= expected && settle_until.is_none() {
+            settle_until = Some(now + settle);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let raw = m.payload().unwrap_or_default().to_vec();
+                records.push(Record {
+                    partition: m.partition(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    value: serde_json::from_slice(&raw).expect("record is JSON"),
+                    raw,
+                });
+            }
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Partition of each key; panics if one key landed on two partitions.
+pub fn partition_by_key(records: &[Record]) -> HashMap<String, i32> {
+    let mut map = HashMap::new();
+    for r in records {
+        let p = *map.entry(r.key.clone()).or_insert(r.partition);
+        assert_eq!(
+            p, r.partition,
+            "key {} landed on partitions {p} and {}",
+            r.key, r.partition
+        );
+    }
+    map
+}
