@@ -1,1 +1,50 @@
-fn main() {}
+//! `lambdalake-loadgen`: sends a sample through ingest and shows where it landed, and runs the
+//! benchmarks.
+#![allow(
+    clippy::print_stderr,
+    reason = "a command-line tool: progress and errors go to standard error"
+)]
+
+mod bench;
+mod sample;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lambdalake-loadgen",
+    version,
+    about = "lambdalake load generator and benchmark harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Post a few valid and invalid events to ingest, then read them back from Kafka.
+    Sample(sample::SampleArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample(args) => sample::run(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lambdalake-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -491,7 +491,7 @@ async fn payments_are_validated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_are_enforced() {
-    let ingest = Ingest::start(&["--api-key", "s3cret-one", "--api-key", "s3cret-two"]).await;
+    let ingest = Ingest::start(&["--api-key", "s3cret-one, s3cret-two"]).await;
     let url = format!("{}/v1/sensor-readings", ingest.url);
     let client = reqwest::Client::new();
     let send = |auth: Option<&'static str>| {
@@ -517,7 +517,8 @@ async fn api_keys_are_enforced() {
         assert_eq!(body["error"], "unauthorized");
         assert!(!body.to_string().contains("s3cret"), "keys never echoed");
     }
-    for auth in ["Bearer s3cret-one", "Bearer s3cret-two"] {
+    // keys are trimmed ("k1, k2"), the scheme is case-insensitive
+    for auth in ["Bearer s3cret-one", "Bearer s3cret-two", "bearer s3cret-two"] {
         assert_eq!(
             send(Some(auth)).await.unwrap().status(),
             StatusCode::OK,
@@ -534,7 +535,7 @@ async fn api_keys_are_enforced() {
             .status(),
         StatusCode::OK
     );
-    assert_eq!(read_topic(&ingest.sensor_topic, 2, SETTLE).len(), 2);
+    assert_eq!(read_topic(&ingest.sensor_topic, 3, SETTLE).len(), 3);
     ingest.stop().await;
 }
 

@@ -10,7 +10,14 @@ pub(crate) fn check(req: &HttpRequest, keys: &[Secret]) -> Result<(), &'static s
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Err("missing Authorization header; expected `Authorization: Bearer <api key>`");
     };
-    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+    // the scheme is case-insensitive (RFC 7235)
+    let Some(token) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
+    else {
         return Err("malformed Authorization header; expected `Authorization: Bearer <api key>`");
     };
     // compare against every key, in time independent of where the bytes differ

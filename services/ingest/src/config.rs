@@ -42,7 +42,8 @@ pub struct Config {
         long = "api-key",
         env = "LAMBDALAKE_INGEST_API_KEYS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_api_key
     )]
     pub api_keys: Vec<Secret>,
 
@@ -85,9 +86,6 @@ impl Config {
                 self.max_events_per_request, self.producer.queue_max_messages
             ));
         }
-        if self.api_keys.iter().any(|k| k.expose().trim().is_empty()) {
-            problems.push("an API key is empty".to_owned());
-        }
         if self.topics.sensor_readings == self.topics.payments {
             problems.push("the sensor-readings and payments topics must differ".to_owned());
         }
@@ -97,4 +95,16 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+/// Keys are trimmed (`"k1, k2"` in the environment means `k1` and `k2`); an empty key is refused.
+fn parse_api_key(s: &str) -> Result<Secret, String> {
+    let key = s.trim();
+    if key.is_empty() {
+        return Err("an API key is empty".to_owned());
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("an API key contains whitespace or control characters".to_owned());
+    }
+    Ok(Secret::new(key))
 }

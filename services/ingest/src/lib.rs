@@ -98,7 +98,9 @@ impl Application {
         let readiness = Readiness::default();
         let health = producer.health().clone();
         readiness.add("kafka", move || {
-            if health.brokers_reachable() {
+            if health.is_fatal() {
+                Err("the producer hit a fatal error; restarting".to_owned())
+            } else if health.brokers_reachable() {
                 Ok(())
             } else {
                 Err("all brokers are down".to_owned())
@@ -183,11 +185,18 @@ impl Application {
         });
         let token = tasks.token();
         let sampler = producer.clone();
-        tasks.spawn("queue-depth", async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // samples the queue depth, and stops the service (non-zero exit) when the producer hit a
+        // fatal error: it cannot deliver any more, a restart gives a fresh one
+        tasks.spawn("producer-watch", async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => metrics::PRODUCER_QUEUE_DEPTH.set(sampler.in_flight() as i64),
+                    _ = tick.tick() => {
+                        metrics::PRODUCER_QUEUE_DEPTH.set(sampler.in_flight() as i64);
+                        if sampler.health().is_fatal() {
+                            return Err("the Kafka producer hit a fatal error".into());
+                        }
+                    }
                     () = token.cancelled() => return Ok(()),
                 }
             }

@@ -4,6 +4,7 @@ use clap::Parser;
 use lambdalake_ingest::{Application, Config};
 
 #[tokio::main]
+#[allow(clippy::print_stderr, reason = "reports a logger that cannot start")]
 async fn main() -> ExitCode {
     let config = Config::parse();
     if let Err(e) = lambdalake_runtime::telemetry::init(&config.telemetry) {

@@ -106,7 +106,9 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(RequestError::BodyTooLarge { limit });
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    // grow with what actually arrives, not with what the client declared
+    let mut body =
+        web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit).min(256 * 1024));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| RequestError::Read(e.to_string()))?;
         if body.len() + chunk.len() > limit {

@@ -1,6 +1,9 @@
 //! Splitting a request body into items: one JSON object, a JSON array of objects, or NDJSON
 //! (one object per line). Items borrow from the body; nothing is copied.
 
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// How the body is framed, from its `Content-Type`.
@@ -70,11 +73,17 @@ fn split_json(body: &[u8], limit: usize) -> Result<Vec<Item<'_>>, BodyError> {
             json: body[start..].trim_ascii_end(),
         }]),
         b'[' => {
-            let raw: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(e.to_string()))?;
-            if raw.len() > limit {
-                return Err(BodyError::TooManyEvents { limit });
-            }
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let raw = LimitedArray { limit }
+                .deserialize(&mut de)
+                .and_then(|raw| de.end().map(|()| raw))
+                .map_err(|e| {
+                    if e.to_string().starts_with(TOO_MANY) {
+                        BodyError::TooManyEvents { limit }
+                    } else {
+                        BodyError::InvalidJson(e.to_string())
+                    }
+                })?;
             Ok(raw
                 .into_iter()
                 .enumerate()
@@ -113,4 +122,39 @@ fn split_ndjson(body: &[u8], limit: usize) -> Result<Vec<Item<'_>>, BodyError> {
         });
     }
     Ok(items)
+}
+
+const TOO_MANY: &str = "too many events";
+
+/// The items of a JSON array, refusing the array as soon as it holds more than `limit`, so a
+/// huge array of tiny items is not materialised before it is refused.
+struct LimitedArray {
+    limit: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for LimitedArray {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LimitedArray {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.limit));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.limit {
+                return Err(de::Error::custom(TOO_MANY));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }

@@ -14,6 +14,16 @@ use crate::{ErrorCode, FieldError};
 pub const MAX_ID_CHARS: usize = 128;
 
 fn check_ident(field: &str, s: &str) -> Result<(), FieldError> {
+    // fast path: printable ASCII, no edge space
+    let b = s.as_bytes();
+    if !b.is_empty()
+        && b.len() <= MAX_ID_CHARS
+        && b.iter().all(|c| (0x20..0x7f).contains(c))
+        && b[0] != b' '
+        && b[b.len() - 1] != b' '
+    {
+        return Ok(());
+    }
     let invalid = |reason: String| Err(FieldError::new(field, ErrorCode::InvalidValue, reason));
     let chars = s.chars().count();
     if chars == 0 {
@@ -24,11 +34,7 @@ fn check_ident(field: &str, s: &str) -> Result<(), FieldError> {
             "is {chars} characters long; at most {MAX_ID_CHARS} allowed"
         ));
     }
-    if let Some((at, c)) = s
-        .chars()
-        .enumerate()
-        .find(|(_, c)| c.is_control() || (c.is_whitespace() && *c != ' '))
-    {
+    if let Some((at, c)) = s.chars().enumerate().find(|(_, c)| not_printable(*c)) {
         return invalid(format!(
             "character {at} is not printable (U+{:04X})",
             c as u32
@@ -38,6 +44,18 @@ fn check_ident(field: &str, s: &str) -> Result<(), FieldError> {
         return invalid("must not start or end with a space".into());
     }
     Ok(())
+}
+
+/// Control characters, whitespace other than the plain space, and the invisible format
+/// characters that make two different ids look the same (soft hyphen, zero-width, bidi
+/// controls, BOM).
+fn not_printable(c: char) -> bool {
+    c.is_control()
+        || (c.is_whitespace() && c != ' ')
+        || matches!(
+            c,
+            '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+        )
 }
 
 /// An identifier: 1–128 printable characters (no control characters, no whitespace other than
@@ -104,7 +122,7 @@ impl EventTime {
 
     pub fn from_millis(field: &str, millis: i64) -> Result<Self, FieldError> {
         if millis < Self::MIN.0 {
-            let hint = if millis >= 0 && millis < 100_000_000_000 {
+            let hint = if (0..100_000_000_000).contains(&millis) {
                 " (this looks like epoch seconds; send epoch milliseconds)"
             } else {
                 ""

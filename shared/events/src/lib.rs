@@ -89,7 +89,14 @@ fn decode<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Result<T, FieldError
         _ => None,
     };
     if let Some(found) = found {
-        return Err(FieldError::item(ErrorCode::InvalidType, format!("expected a JSON object, found {found}")));
+        return Err(FieldError::item(
+            ErrorCode::InvalidType,
+            format!("expected a JSON object, found {found}"),
+        ));
+    }
+    // fast path: plain serde; only a failed item pays for tracking the path of the error
+    if let Ok(value) = serde_json::from_slice(json) {
+        return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_slice(json);
     let value = serde_path_to_error::deserialize(&mut de).map_err(FieldError::from_serde)?;

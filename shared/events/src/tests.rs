@@ -246,6 +246,9 @@ fn identifiers() {
         (json!("a\u{7}b"), false),
         (json!(" a"), false),
         (json!("a b"), true),
+        (json!("a\u{200B}b"), false),
+        (json!("a\u{202E}b"), false),
+        (json!("\u{FEFF}ab"), false),
     ] {
         let r = SensorReading::from_json(
             with(reading(), "event_id", value.clone())
@@ -292,7 +295,11 @@ fn malformed_items() {
     }
     let trailing = format!("{} {{}}", reading());
     let e = SensorReading::from_json(trailing.as_bytes(), &policy()).unwrap_err();
-    assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidJson, None), "{e}");
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::InvalidJson, None),
+        "{e}"
+    );
     let e = SensorReading::from_json(b"{\"event_id\": \"\xff\"}", &policy()).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidJson);
     let deep = format!(

@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 
 /// How to reach the Kafka cluster. Security settings are passed to librdkafka as they are; the
 /// SASL password is never printed (not in `--help`, not in `Debug`, not in logs).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated `host:port` (the local stack's broker by default).
     #[arg(
@@ -50,8 +50,36 @@ pub struct KafkaArgs {
 
     /// Extra librdkafka properties as `key=value`, repeatable (environment: comma-separated).
     /// Applied last, so they override everything above.
-    #[arg(long = "kafka-option", env = "LAMBDALAKE_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", env = "LAMBDALAKE_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value, hide_env_values = true)]
     pub options: Vec<(String, String)>,
+}
+
+impl fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: Vec<String> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "key", "token", "jaas"]
+                    .iter()
+                    .any(|w| k.contains(w));
+                if secret {
+                    format!("{k}=***")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("options", &options)
+            .finish()
+    }
 }
 
 impl KafkaArgs {
@@ -81,11 +109,52 @@ impl KafkaArgs {
     }
 }
 
+/// librdkafka properties that carry the project's guarantees or have a flag of their own: they
+/// cannot be overridden through `--kafka-option`.
+const RESERVED: [(&str, &str); 14] = [
+    ("bootstrap.servers", "use --kafka-brokers"),
+    ("acks", "the producer always uses acks=all"),
+    ("request.required.acks", "the producer always uses acks=all"),
+    ("enable.idempotence", "the producer is always idempotent"),
+    (
+        "transactional.id",
+        "lambdalake does not use Kafka transactions (exactly-once comes from offsets stored with results)",
+    ),
+    (
+        "queue.buffering.max.messages",
+        "use --kafka-queue-max-messages",
+    ),
+    ("queue.buffering.max.kbytes", "use --kafka-queue-max-kbytes"),
+    ("message.timeout.ms", "use --kafka-delivery-timeout"),
+    ("delivery.timeout.ms", "use --kafka-delivery-timeout"),
+    (
+        "partitioner",
+        "keys are always partitioned with murmur2, as the Java client does",
+    ),
+    ("group.id", "each service names its consumer group"),
+    (
+        "enable.auto.commit",
+        "offsets are stored with the results, never auto-committed",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored with the results, never auto-committed",
+    ),
+    ("compression.type", "use --kafka-compression"),
+];
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("expected key=value, got {s:?}")),
+    let Some((k, v)) = s
+        .split_once('=')
+        .map(|(k, v)| (k.trim(), v))
+        .filter(|(k, _)| !k.is_empty())
+    else {
+        return Err("expected key=value".to_owned());
+    };
+    if let Some((_, why)) = RESERVED.iter().find(|(name, _)| *name == k) {
+        return Err(format!("{k} cannot be set here: {why}"));
     }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -231,10 +300,6 @@ pub fn producer_config(kafka: &KafkaArgs, producer: &ProducerArgs) -> ClientConf
         // the Java client's partitioner: a key lands on the same partition whichever client
         // produced it
         .set("partitioner", "murmur2_random");
-    // user-supplied options win
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
     c
 }
 
@@ -251,9 +316,6 @@ pub fn consumer_config(kafka: &KafkaArgs, group: &str) -> ClientConfig {
         .set("max.partition.fetch.bytes", (4 * 1024 * 1024).to_string())
         .set("queued.max.messages.kbytes", (32 * 1024).to_string())
         .set("queued.min.messages", "100000");
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
     c
 }
 
@@ -278,7 +340,9 @@ mod tests {
             "--kafka-brokers",
             "b1:9092,b2:9092",
             "--kafka-option",
-            "linger.ms=50",
+            "socket.keepalive.enable=true",
+            "--kafka-option",
+            "sasl.oauthbearer.client.secret=abc123",
             "--kafka-sasl-password",
             "hunter2",
         ])
@@ -287,14 +351,30 @@ mod tests {
         assert_eq!(c.get("bootstrap.servers"), Some("b1:9092,b2:9092"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("acks"), Some("all"));
-        assert_eq!(c.get("linger.ms"), Some("50"));
+        assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(c.get("sasl.password"), Some("hunter2"));
-        assert!(!format!("{:?}", cli.kafka).contains("hunter2"));
+        let debug = format!("{:?}", cli.kafka);
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("abc123"),
+            "{debug}"
+        );
     }
 
     #[test]
-    fn bad_option_is_refused() {
-        assert!(Cli::try_parse_from(["x", "--kafka-option", "novalue"]).is_err());
+    fn guarantees_cannot_be_overridden() {
+        for option in [
+            "acks=0",
+            "enable.idempotence=false",
+            "enable.auto.commit=true",
+            " queue.buffering.max.messages =5",
+            "novalue",
+            "=x",
+        ] {
+            assert!(
+                Cli::try_parse_from(["x", "--kafka-option", option]).is_err(),
+                "{option}"
+            );
+        }
     }
 
     #[test]

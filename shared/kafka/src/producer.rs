@@ -43,8 +43,6 @@ impl ProduceError {
                 | C::InvalidMessage
                 | C::InvalidMessageSize
                 | C::InvalidRecord
-                | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
                 | C::InvalidTopic,
             ) => ProduceError::Refused(err),
             _ => ProduceError::Unavailable(err),
@@ -56,16 +54,24 @@ impl ProduceError {
     }
 }
 
-/// Whether the brokers looked reachable lately, as librdkafka reports it. Cheap to read; set
-/// from librdkafka's callbacks (which only flip a flag: no work happens inside them).
+/// Whether the brokers looked reachable lately, and whether the producer hit a fatal error, as
+/// librdkafka reports it. Cheap to read; set from librdkafka's callbacks (which only flip flags:
+/// no work happens inside them).
 #[derive(Debug, Clone, Default)]
 pub struct ProducerHealth {
     all_brokers_down: Arc<AtomicBool>,
+    fatal: Arc<AtomicBool>,
 }
 
 impl ProducerHealth {
     pub fn brokers_reachable(&self) -> bool {
         !self.all_brokers_down.load(Ordering::Relaxed)
+    }
+
+    /// A fatal error (e.g. the idempotent producer lost its sequence): the producer cannot be
+    /// used any more and the process should restart.
+    pub fn is_fatal(&self) -> bool {
+        self.fatal.load(Ordering::Relaxed)
     }
 
     fn mark_reachable(&self) {
@@ -79,8 +85,14 @@ pub struct HealthContext(ProducerHealth);
 
 impl ClientContext for HealthContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if let KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) = error {
-            self.0.all_brokers_down.store(true, Ordering::Relaxed);
+        match error {
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) => {
+                self.0.all_brokers_down.store(true, Ordering::Relaxed)
+            }
+            KafkaError::Global(RDKafkaErrorCode::Fatal) => {
+                self.0.fatal.store(true, Ordering::Relaxed)
+            }
+            _ => {}
         }
         tracing::warn!(%error, reason, "kafka client error");
     }
