@@ -518,7 +518,11 @@ async fn api_keys_are_enforced() {
         assert!(!body.to_string().contains("s3cret"), "keys never echoed");
     }
     // keys are trimmed ("k1, k2"), the scheme is case-insensitive
-    for auth in ["Bearer s3cret-one", "Bearer s3cret-two", "bearer s3cret-two"] {
+    for auth in [
+        "Bearer s3cret-one",
+        "Bearer s3cret-two",
+        "bearer s3cret-two",
+    ] {
         assert_eq!(
             send(Some(auth)).await.unwrap().status(),
             StatusCode::OK,
