@@ -3,7 +3,6 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
-use futures::future::join_all;
 use lambdalake_events::body::{self, Framing};
 use lambdalake_events::{Event, Payment, SensorReading};
 use lambdalake_kafka::ProduceError;
@@ -157,25 +156,22 @@ async fn handle<E: Event>(
     // admission: refuse the whole batch up front rather than half-enqueue it
     let producer = &state.producer;
     let queue_full = !valid.is_empty() && producer.in_flight() + valid.len() > producer.capacity();
-    let mut deliveries = Vec::with_capacity(valid.len());
+    let batch = producer.batch();
     let mut not_sent = Vec::new();
     if queue_full {
-        not_sent.extend(valid.iter().map(|(item, _)| (item.index, item.line)));
+        not_sent.extend(valid.iter().map(|(item, _)| item.index));
     } else {
         let deadline = Instant::now() + QUEUE_FULL_PATIENCE;
         let mut iter = valid.iter();
         'items: for (item, event) in iter.by_ref() {
             loop {
-                match producer.send(topic, event.key().as_bytes(), item.json) {
-                    Ok(delivery) => {
-                        deliveries.push((item.index, item.line, delivery));
-                        continue 'items;
-                    }
+                match batch.send(item.index, topic, event.key().as_bytes(), item.json) {
+                    Ok(()) => continue 'items,
                     Err(ProduceError::QueueFull) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err(ProduceError::QueueFull) => {
-                        not_sent.push((item.index, item.line));
+                        not_sent.push(item.index);
                         break 'items;
                     }
                     Err(e) => {
@@ -185,24 +181,18 @@ async fn handle<E: Event>(
                 }
             }
         }
-        not_sent.extend(iter.map(|(item, _)| (item.index, item.line)));
+        not_sent.extend(iter.map(|(item, _)| item.index));
     }
-    for (index, line) in not_sent {
+    for index in not_sent {
         report
             .errors
-            .push(failure(index, line, &ProduceError::QueueFull));
+            .push(failure(index, items[index].line, &ProduceError::QueueFull));
     }
 
-    let outcomes = join_all(
-        deliveries
-            .into_iter()
-            .map(|(index, line, d)| async move { (index, line, d.acked().await) }),
-    )
-    .await;
-    for (index, line, outcome) in outcomes {
+    for (index, outcome) in batch.acked().await {
         match outcome {
             Ok(_) => report.accepted += 1,
-            Err(e) => report.errors.push(failure(index, line, &e)),
+            Err(e) => report.errors.push(failure(index, items[index].line, &e)),
         }
     }
     report.failed = report.errors.len() - report.rejected;

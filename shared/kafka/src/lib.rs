@@ -15,7 +15,7 @@ pub use config::{
     KafkaArgs, ProducerArgs, SaslMechanism, Secret, SecurityProtocol, consumer_config,
     producer_config,
 };
-pub use producer::{Acked, ProduceError, Producer, ProducerHealth};
+pub use producer::{Acked, Batch, ProduceError, Producer, ProducerHealth};
 pub use topics::{TopicArgs, TopicError, ensure_topics};
 
 pub use rdkafka;

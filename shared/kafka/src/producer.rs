@@ -1,12 +1,14 @@
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Statistics};
+use tokio::sync::Notify;
 
 use crate::{KafkaArgs, ProducerArgs, producer_config};
 
@@ -104,10 +106,30 @@ impl ClientContext for HealthContext {
     }
 }
 
+impl ProducerContext for HealthContext {
+    type DeliveryOpaque = Box<Slot>;
+
+    /// Book-keeping only: record the outcome in the message's batch.
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
+        let outcome = match result {
+            Ok(m) => Ok(Acked {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((err, _)) => Err(ProduceError::classify(err.clone())),
+        };
+        slot.batch.record(slot.index, outcome);
+    }
+}
+
 /// An idempotent `acks=all` producer.
+///
+/// Messages are sent in batches ([`Producer::batch`]): each message's delivery report is
+/// recorded in its batch, and the batch is awaited once, so a request of a thousand events costs
+/// one wake-up instead of a thousand futures.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<HealthContext>,
+    inner: Arc<ThreadedProducer<HealthContext>>,
     health: ProducerHealth,
     capacity: usize,
 }
@@ -120,19 +142,22 @@ impl Producer {
         let health = ProducerHealth::default();
         let inner = config.create_with_context(HealthContext(health.clone()))?;
         Ok(Producer {
-            inner,
+            inner: Arc::new(inner),
             health,
             capacity: args.queue_max_messages.get(),
         })
     }
 
-    /// Enqueue one message; the returned future resolves when the broker acknowledged it (or
-    /// it failed). Never blocks.
-    pub fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<Delivery, ProduceError> {
-        let record = FutureRecord::to(topic).key(key).payload(payload);
-        match self.inner.send_result(record) {
-            Ok(future) => Ok(Delivery(future)),
-            Err((err, _)) => Err(ProduceError::classify(err)),
+    /// Start a batch of messages.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            producer: self,
+            state: Arc::new(BatchState {
+                // one for the batch itself, released by `Batch::acked`
+                pending: AtomicUsize::new(1),
+                outcomes: Mutex::new(Vec::new()),
+                done: Notify::new(),
+            }),
         }
     }
 
@@ -157,19 +182,74 @@ impl Producer {
     }
 }
 
-/// The outcome of one message, when the broker has answered.
-pub struct Delivery(DeliveryFuture);
+/// Where a delivery report goes: its batch and its index there.
+pub struct Slot {
+    batch: Arc<BatchState>,
+    index: usize,
+}
 
-impl Delivery {
-    pub async fn acked(self) -> Result<Acked, ProduceError> {
-        match self.0.await {
-            Ok(Ok(delivered)) => Ok(Acked {
-                partition: delivered.partition,
-                offset: delivered.offset,
-            }),
-            Ok(Err((err, _))) => Err(ProduceError::classify(err)),
-            // the producer was dropped before the message was delivered
-            Err(_canceled) => Err(ProduceError::Unavailable(KafkaError::Canceled)),
+struct BatchState {
+    pending: AtomicUsize,
+    outcomes: Mutex<Vec<(usize, Result<Acked, ProduceError>)>>,
+    done: Notify,
+}
+
+impl BatchState {
+    fn record(&self, index: usize, outcome: Result<Acked, ProduceError>) {
+        if let Ok(mut outcomes) = self.outcomes.lock() {
+            outcomes.push((index, outcome));
+        }
+        self.release();
+    }
+
+    fn release(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Messages sent together; [`Batch::acked`] waits for every delivery report.
+pub struct Batch<'p> {
+    producer: &'p Producer,
+    state: Arc<BatchState>,
+}
+
+impl Batch<'_> {
+    /// Enqueue one message, remembered under `index`. Never blocks.
+    pub fn send(
+        &self,
+        index: usize,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<(), ProduceError> {
+        self.state.pending.fetch_add(1, Ordering::AcqRel);
+        let slot = Box::new(Slot {
+            batch: self.state.clone(),
+            index,
+        });
+        let record = BaseRecord::with_opaque_to(topic, slot)
+            .key(key)
+            .payload(payload);
+        match self.producer.inner.send(record) {
+            Ok(()) => Ok(()),
+            Err((err, _record)) => {
+                self.state.release();
+                Err(ProduceError::classify(err))
+            }
+        }
+    }
+
+    /// Wait until the broker answered for every message sent; the outcome of each, by index
+    /// (in the order the reports arrived).
+    pub async fn acked(self) -> Vec<(usize, Result<Acked, ProduceError>)> {
+        if self.state.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            self.state.done.notified().await;
+        }
+        match self.state.outcomes.lock() {
+            Ok(mut outcomes) => std::mem::take(&mut *outcomes),
+            Err(_) => Vec::new(),
         }
     }
 }
