@@ -1,0 +1,17 @@
+//! The one definition of every view, as pure functions: the speed layer applies them
+//! incrementally, the batch layer and the lakehouse to whole tables, and the results agree.
+//!
+//! - [`window`]: event-time window assignment (tumbling, sliding, session);
+//! - [`aggregate`]: the per-window aggregates of readings and payments, exact and independent of
+//!   arrival order (sums are fixed-point integers, so adding in any order gives the same bits);
+//! - [`watermark`]: the operator watermark over partitions, with the idle-partition rule.
+//!
+//! Fraud features and scoring arrive with the speed-layer issue.
+
+pub mod aggregate;
+pub mod watermark;
+pub mod window;
+
+pub use aggregate::{CardAgg, SensorAgg, Stat};
+pub use watermark::Watermarks;
+pub use window::{Sessions, Window, WindowSpec};

@@ -1,0 +1,104 @@
+//! The watermark: how far event time has certainly progressed.
+//!
+//! Per partition, the watermark is the largest event time seen minus the allowed lateness. The
+//! operator's watermark is the minimum over its assigned partitions, so an event is late only if
+//! every partition has moved past it.
+//!
+//! Idle partitions: a partition that received nothing for `idle_after_ms` of processing time
+//! stops holding the minimum back (as Flink's `withIdleness`); it counts again as soon as it
+//! receives an event. When every partition is idle, the watermark is the largest partition
+//! watermark. A partition that never received an event does not hold the watermark back.
+//! The watermark never goes backwards.
+
+use std::collections::HashMap;
+
+/// Watermarks of the partitions one operator is assigned.
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    lateness_ms: i64,
+    idle_after_ms: i64,
+    /// partition → (max event time seen, processing time of the last event)
+    partitions: HashMap<i32, (i64, i64)>,
+    current: Option<i64>,
+}
+
+impl Watermarks {
+    /// Default allowed lateness: 30 s.
+    pub const DEFAULT_LATENESS_MS: i64 = 30_000;
+
+    pub fn new(lateness_ms: i64, idle_after_ms: i64) -> Self {
+        Watermarks {
+            lateness_ms,
+            idle_after_ms,
+            partitions: HashMap::new(),
+            current: None,
+        }
+    }
+
+    /// Record an event of `partition` with event time `ts_ms`, seen at processing time `now_ms`.
+    pub fn observe(&mut self, partition: i32, ts_ms: i64, now_ms: i64) {
+        let entry = self.partitions.entry(partition).or_insert((ts_ms, now_ms));
+        entry.0 = entry.0.max(ts_ms);
+        entry.1 = now_ms;
+    }
+
+    /// Forget a partition (revoked in a rebalance).
+    pub fn remove(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// The operator watermark at processing time `now_ms` (epoch ms), if any event was seen.
+    pub fn watermark(&mut self, now_ms: i64) -> Option<i64> {
+        let active = self
+            .partitions
+            .values()
+            .filter(|(_, seen)| now_ms - seen < self.idle_after_ms)
+            .map(|(max, _)| max - self.lateness_ms)
+            .min();
+        let candidate = active.or_else(|| {
+            self.partitions
+                .values()
+                .map(|(max, _)| max - self.lateness_ms)
+                .max()
+        });
+        if let Some(c) = candidate {
+            self.current = Some(self.current.map_or(c, |w| w.max(c)));
+        }
+        self.current
+    }
+
+    /// An event at `ts_ms` is late when it is behind the watermark.
+    pub fn is_late(&mut self, ts_ms: i64, now_ms: i64) -> bool {
+        self.watermark(now_ms).is_some_and(|w| ts_ms < w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_over_active_partitions_and_idle_ones_release_it() {
+        let mut w = Watermarks::new(30_000, 10_000);
+        w.observe(0, 100_000, 0);
+        w.observe(1, 50_000, 0);
+        assert_eq!(w.watermark(1_000), Some(20_000));
+        assert!(w.is_late(19_999, 1_000));
+        assert!(!w.is_late(20_000, 1_000));
+        // partition 1 goes idle, partition 0 keeps receiving
+        w.observe(0, 110_000, 15_000);
+        assert_eq!(w.watermark(15_000), Some(80_000));
+        // partition 1 wakes up with an old event: the watermark does not go back
+        w.observe(1, 60_000, 16_000);
+        assert_eq!(w.watermark(16_000), Some(80_000));
+        // all idle: the largest
+        assert_eq!(w.watermark(100_000), Some(80_000));
+    }
+
+    #[test]
+    fn no_event_no_watermark() {
+        let mut w = Watermarks::new(30_000, 10_000);
+        assert_eq!(w.watermark(0), None);
+        assert!(!w.is_late(0, 0));
+    }
+}

@@ -1,0 +1,185 @@
+//! Event-time windows. A window is the half-open interval `[start, end)` in epoch milliseconds.
+
+use lambdalake_events::EventTime;
+use serde::Serialize;
+
+/// `[start, end)` in event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Window {
+    pub start: EventTime,
+    pub end: EventTime,
+}
+
+impl Window {
+    pub fn contains(&self, ts: EventTime) -> bool {
+        self.start <= ts && ts < self.end
+    }
+}
+
+/// How events are grouped in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows of `size_ms`, aligned on the epoch.
+    Tumbling { size_ms: i64 },
+    /// Windows of `size_ms` starting every `slide_ms` (aligned on the epoch); an event belongs to
+    /// `size_ms / slide_ms` windows when the slide divides the size.
+    Sliding { size_ms: i64, slide_ms: i64 },
+}
+
+impl WindowSpec {
+    /// The default view: 1-minute tumbling windows.
+    pub const ONE_MINUTE: WindowSpec = WindowSpec::Tumbling { size_ms: 60_000 };
+    /// Sensors' sliding view: 5-minute windows every minute.
+    pub const FIVE_BY_ONE_MINUTE: WindowSpec = WindowSpec::Sliding {
+        size_ms: 300_000,
+        slide_ms: 60_000,
+    };
+
+    /// Every window `ts` belongs to, in increasing start order.
+    pub fn assign(self, ts: EventTime) -> impl Iterator<Item = Window> {
+        let t = ts.millis();
+        let (size, slide) = match self {
+            WindowSpec::Tumbling { size_ms } => (size_ms.max(1), size_ms.max(1)),
+            WindowSpec::Sliding { size_ms, slide_ms } => (size_ms.max(1), slide_ms.max(1)),
+        };
+        // starts s = k·slide with s ≤ t < s + size
+        let last = t.div_euclid(slide);
+        let first = (t - size).div_euclid(slide) + 1;
+        (first..=last).map(move |k| {
+            let start = k * slide;
+            Window {
+                start: EventTime::from_millis_unchecked(start),
+                end: EventTime::from_millis_unchecked(start + size),
+            }
+        })
+    }
+}
+
+/// Session windows of one key: events closer than `gap_ms` belong to one session, which spans
+/// `[first event, last event + gap)`. Sessions merge when a (late) event bridges two of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sessions {
+    gap_ms: i64,
+    /// Disjoint, sorted by start.
+    windows: Vec<Window>,
+}
+
+impl Sessions {
+    /// Cards' default: 30 minutes of inactivity close a session.
+    pub const CARD_GAP_MS: i64 = 30 * 60_000;
+
+    pub fn new(gap_ms: i64) -> Self {
+        Sessions {
+            gap_ms: gap_ms.max(1),
+            windows: Vec::new(),
+        }
+    }
+
+    /// Add an event; returns the session it now belongs to (after any merge).
+    pub fn add(&mut self, ts: EventTime) -> Window {
+        let mut merged = Window {
+            start: ts,
+            end: EventTime::from_millis_unchecked(ts.millis() + self.gap_ms),
+        };
+        // every session overlapping [ts, ts + gap) or touching it merges into one
+        self.windows.retain(|w| {
+            let overlaps = w.start <= merged.end && merged.start <= w.end;
+            if overlaps {
+                merged.start = merged.start.min(w.start);
+                merged.end = merged.end.max(w.end);
+            }
+            !overlaps
+        });
+        let at = self.windows.partition_point(|w| w.start < merged.start);
+        self.windows.insert(at, merged);
+        merged
+    }
+
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn t(ms: i64) -> EventTime {
+        EventTime::from_millis_unchecked(ms)
+    }
+
+    #[test]
+    fn tumbling() {
+        let w: Vec<_> = WindowSpec::ONE_MINUTE.assign(t(125_000)).collect();
+        assert_eq!(
+            w,
+            [Window {
+                start: t(120_000),
+                end: t(180_000)
+            }]
+        );
+        let w: Vec<_> = WindowSpec::ONE_MINUTE.assign(t(120_000)).collect();
+        assert_eq!(w[0].start, t(120_000), "the start belongs to its window");
+    }
+
+    #[test]
+    fn sliding() {
+        let w: Vec<_> = WindowSpec::FIVE_BY_ONE_MINUTE
+            .assign(t(305_000))
+            .map(|w| w.start.millis())
+            .collect();
+        assert_eq!(w, [60_000, 120_000, 180_000, 240_000, 300_000]);
+    }
+
+    #[test]
+    fn sessions_merge_when_bridged() {
+        let mut s = Sessions::new(10);
+        s.add(t(100));
+        s.add(t(200));
+        assert_eq!(s.windows().len(), 2);
+        s.add(t(150)); // [150,160) does not touch [100,110) nor [200,210)
+        assert_eq!(s.windows().len(), 3);
+        let w = s.add(t(105)); // extends [100,110) to [100,115)
+        assert_eq!((w.start, w.end), (t(100), t(115)));
+        let w = s.add(t(195)); // [195,205) bridges [200,210)
+        assert_eq!((w.start, w.end), (t(195), t(210)));
+    }
+
+    proptest! {
+        #[test]
+        fn every_window_holds_the_event_and_none_is_missed(ts in 946_684_800_000i64..4_000_000_000_000,
+                                                          size in 1i64..1_000_000, slide_div in 1i64..10) {
+            let slide = (size / slide_div).max(1);
+            let spec = WindowSpec::Sliding { size_ms: size, slide_ms: slide };
+            let windows: Vec<_> = spec.assign(t(ts)).collect();
+            prop_assert!(!windows.is_empty());
+            for w in &windows {
+                prop_assert!(w.contains(t(ts)));
+                prop_assert_eq!(w.start.millis().rem_euclid(slide), 0);
+            }
+            // the windows just before the first and after the last do not hold it
+            let before = windows[0].start.millis() - slide;
+            prop_assert!(!(before <= ts && ts < before + size));
+            let after = windows[windows.len() - 1].start.millis() + slide;
+            prop_assert!(after > ts);
+            // tumbling: exactly one
+            prop_assert_eq!(WindowSpec::Tumbling { size_ms: size }.assign(t(ts)).count(), 1);
+        }
+
+        #[test]
+        fn sessions_do_not_depend_on_arrival_order(mut times in prop::collection::vec(0i64..10_000, 1..60), gap in 1i64..500) {
+            let mut a = Sessions::new(gap);
+            for &x in &times { a.add(t(x)); }
+            times.sort_unstable();
+            let mut b = Sessions::new(gap);
+            for &x in &times { b.add(t(x)); }
+            prop_assert_eq!(a.windows(), b.windows());
+            // disjoint and sorted
+            for pair in a.windows().windows(2) {
+                prop_assert!(pair[0].end < pair[1].start);
+            }
+        }
+    }
+}
