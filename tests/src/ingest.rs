@@ -60,130 +60,83 @@ fn ids(records: &[crate::support::Record]) -> Vec<String> {
     ids
 }
 
+/// Post `items` as one object, then a JSON array, then NDJSON; every request must accept all its
+/// items.
+async fn post_every_form(url: &str, items: &[Value], object_content_type: &str) {
+    let k = items.len() / 3 + 1;
+    let forms = [
+        (object_content_type, items[0].to_string(), 1),
+        (
+            "application/json",
+            Value::from(items[1..k].to_vec()).to_string(),
+            k - 1,
+        ),
+        ("application/x-ndjson", ndjson(&items[k..]), items.len() - k),
+    ];
+    for (content_type, body, n) in forms {
+        let (status, answer) = post(url, content_type, body).await;
+        let errors = answer["errors"].as_array().map(Vec::len);
+        assert_eq!(
+            (status, answer["accepted"].as_u64(), errors),
+            (StatusCode::OK, Some(n as u64), Some(0)),
+            "{answer}"
+        );
+    }
+}
+
+/// The topic holds exactly `items`, each once, keyed by `key_field`, forwarded byte for byte,
+/// and a key always lands on one partition.
+fn assert_topic_holds(topic: &str, items: &[Value], key_field: &str) {
+    let got = read_topic(topic, items.len(), SETTLE);
+    let mut want: Vec<String> = items
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    want.sort();
+    assert_eq!(ids(&got), want, "{topic} holds exactly the accepted events");
+    for r in &got {
+        assert_eq!(
+            r.key,
+            r.value[key_field].as_str().unwrap(),
+            "keyed by {key_field}"
+        );
+        let original = items
+            .iter()
+            .find(|v| v["event_id"] == r.value["event_id"])
+            .unwrap();
+        assert_eq!(
+            r.raw,
+            original.to_string().into_bytes(),
+            "forwarded unchanged"
+        );
+    }
+    let partitions: BTreeSet<i32> = partition_by_key(&got).into_values().collect();
+    assert!(
+        partitions.len() > 1,
+        "several keys spread over the 4 partitions"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_body_form_arrives_once_with_its_key() {
     let ingest = Ingest::start(&[]).await;
-    let readings_url = format!("{}/v1/sensor-readings", ingest.url);
-    let payments_url = format!("{}/v1/payments", ingest.url);
-
     let readings: Vec<Value> = (0..151).map(reading).collect();
-    let (s, r) = post(&readings_url, "application/json", readings[0].to_string()).await;
-    assert_eq!(
-        (s, r["accepted"].as_u64()),
-        (StatusCode::OK, Some(1)),
-        "{r}"
-    );
-    let (s, r) = post(
-        &readings_url,
+    post_every_form(
+        &format!("{}/v1/sensor-readings", ingest.url),
+        &readings,
         "application/json",
-        Value::from(readings[1..51].to_vec()).to_string(),
     )
     .await;
-    assert_eq!(
-        (s, r["accepted"].as_u64()),
-        (StatusCode::OK, Some(50)),
-        "{r}"
-    );
-    let (s, r) = post(
-        &readings_url,
-        "application/x-ndjson",
-        ndjson(&readings[51..]),
-    )
-    .await;
-    assert_eq!(
-        (
-            s,
-            r["accepted"].as_u64(),
-            r["errors"].as_array().map(Vec::len)
-        ),
-        (StatusCode::OK, Some(100), Some(0)),
-        "{r}"
-    );
-
     let payments: Vec<Value> = (0..40).map(payment).collect();
-    let (s, r) = post(
-        &payments_url,
+    post_every_form(
+        &format!("{}/v1/payments", ingest.url),
+        &payments,
         "application/json; charset=utf-8",
-        payments[0].to_string(),
     )
     .await;
-    assert_eq!(
-        (s, r["accepted"].as_u64()),
-        (StatusCode::OK, Some(1)),
-        "{r}"
-    );
-    let (s, r) = post(
-        &payments_url,
-        "application/json",
-        Value::from(payments[1..20].to_vec()).to_string(),
-    )
-    .await;
-    assert_eq!(
-        (s, r["accepted"].as_u64()),
-        (StatusCode::OK, Some(19)),
-        "{r}"
-    );
-    let (s, r) = post(
-        &payments_url,
-        "application/x-ndjson",
-        ndjson(&payments[20..]),
-    )
-    .await;
-    assert_eq!(
-        (s, r["accepted"].as_u64()),
-        (StatusCode::OK, Some(20)),
-        "{r}"
-    );
 
-    let got = read_topic(&ingest.sensor_topic, readings.len(), SETTLE);
-    let mut want: Vec<String> = readings
-        .iter()
-        .map(|v| v["event_id"].as_str().unwrap().to_owned())
-        .collect();
-    want.sort();
-    assert_eq!(
-        ids(&got),
-        want,
-        "sensor topic holds exactly the accepted readings"
-    );
-    for r in &got {
-        assert_eq!(
-            r.key,
-            r.value["device_id"].as_str().unwrap(),
-            "readings are keyed by device_id"
-        );
-    }
-    let by_key = partition_by_key(&got);
-    assert!(
-        by_key.values().collect::<BTreeSet<_>>().len() > 1,
-        "7 devices spread over the 4 partitions"
-    );
-
-    let got = read_topic(&ingest.payment_topic, payments.len(), SETTLE);
-    let mut want: Vec<String> = payments
-        .iter()
-        .map(|v| v["event_id"].as_str().unwrap().to_owned())
-        .collect();
-    want.sort();
-    assert_eq!(
-        ids(&got),
-        want,
-        "payment topic holds exactly the accepted payments"
-    );
-    for r in &got {
-        assert_eq!(
-            r.key,
-            r.value["card_id"].as_str().unwrap(),
-            "payments are keyed by card_id"
-        );
-        // forwarded unchanged: the bytes are the client's item
-        let original = payments
-            .iter()
-            .find(|p| p["event_id"] == r.value["event_id"])
-            .unwrap();
-        assert_eq!(r.raw, original.to_string().into_bytes());
-    }
-    partition_by_key(&got);
+    assert_topic_holds(&ingest.sensor_topic, &readings, "device_id");
+    assert_topic_holds(&ingest.payment_topic, &payments, "card_id");
     ingest.stop().await;
 }
 
