@@ -628,3 +628,46 @@ async fn shutdown_flushes_what_was_accepted() {
     ingest.stop().await;
     assert_eq!(read_topic(&topic, 500, SETTLE).len(), 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_travels_in_record_headers() {
+    let ingest = Ingest::start(&[]).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/sensor-readings", ingest.url))
+        .header("content-type", "application/x-ndjson")
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=abc")
+        .body(ndjson(&[reading(1), reading(2)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // a malformed traceparent is ignored, not an error
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/sensor-readings", ingest.url))
+        .header("traceparent", "not-a-trace")
+        .body(reading(3).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let got = read_topic(&ingest.sensor_topic, 3, SETTLE);
+    assert_eq!(got.len(), 3);
+    for r in &got {
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        if r.value["event_id"] == "r-3" {
+            assert_eq!(header("traceparent"), None);
+        } else {
+            assert_eq!(header("traceparent"), Some(traceparent.as_bytes().to_vec()));
+            assert_eq!(header("tracestate"), Some(b"vendor=abc".to_vec()));
+        }
+    }
+    ingest.stop().await;
+}

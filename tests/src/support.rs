@@ -7,6 +7,7 @@ use clap::Parser;
 use lambdalake_ingest::CancellationToken;
 use lambdalake_ingest::{Application, Config};
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lambdalake_kafka::rdkafka::message::Headers;
 use lambdalake_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use lambdalake_kafka::{KafkaArgs, consumer_config};
 use rand::Rng;
@@ -81,6 +82,7 @@ pub struct Record {
     pub key: String,
     pub value: serde_json::Value,
     pub raw: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 fn kafka_args() -> KafkaArgs {
@@ -128,6 +130,14 @@ pub fn read_topic(topic: &str, expected: usize, settle: Duration) -> Vec<Record>
                     key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     value: serde_json::from_slice(&raw).expect("record is JSON"),
                     raw,
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 });
             }
             Some(Err(e)) => panic!("consume {topic}: {e}"),

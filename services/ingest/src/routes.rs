@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use lambdalake_events::body::{self, Framing};
 use lambdalake_events::{Event, Payment, SensorReading};
-use lambdalake_kafka::ProduceError;
+use lambdalake_kafka::{ProduceError, TraceContext};
 
 use crate::State;
 use crate::metrics;
@@ -156,7 +156,12 @@ async fn handle<E: Event>(
     // admission: refuse the whole batch up front rather than half-enqueue it
     let producer = &state.producer;
     let queue_full = !valid.is_empty() && producer.in_flight() + valid.len() > producer.capacity();
-    let batch = producer.batch();
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::from_http(
+        header(TraceContext::TRACEPARENT),
+        header(TraceContext::TRACESTATE),
+    );
+    let batch = producer.batch().with_trace(trace.as_ref());
     let mut not_sent = Vec::new();
     if queue_full {
         not_sent.extend(valid.iter().map(|(item, _)| item.index));

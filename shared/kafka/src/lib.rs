@@ -4,12 +4,14 @@
 //! - [`TopicArgs`]: the topic names every service agrees on, and how to create them;
 //! - [`ProducerArgs`] + [`Producer`]: an idempotent, `acks=all` producer whose errors know
 //!   whether they are worth retrying;
+//! - [`TraceContext`]: W3C trace context carried in record headers;
 //! - [`consumer_config`]: manual offset management (offsets are stored with the results, never
 //!   auto-committed) and bounded fetch buffers.
 
 mod config;
 mod producer;
 mod topics;
+mod trace;
 
 pub use config::{
     KafkaArgs, ProducerArgs, SaslMechanism, Secret, SecurityProtocol, consumer_config,
@@ -17,5 +19,6 @@ pub use config::{
 };
 pub use producer::{Acked, Batch, ProduceError, Producer, ProducerHealth};
 pub use topics::{TopicArgs, TopicError, ensure_topics};
+pub use trace::TraceContext;
 
 pub use rdkafka;

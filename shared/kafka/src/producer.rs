@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Statistics};
 use tokio::sync::Notify;
 
-use crate::{KafkaArgs, ProducerArgs, producer_config};
+use crate::{KafkaArgs, ProducerArgs, TraceContext, producer_config};
 
 /// Where the broker stored an acknowledged message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +158,7 @@ impl Producer {
                 outcomes: Mutex::new(Vec::new()),
                 done: Notify::new(),
             }),
+            headers: None,
         }
     }
 
@@ -213,9 +214,16 @@ impl BatchState {
 pub struct Batch<'p> {
     producer: &'p Producer,
     state: Arc<BatchState>,
+    headers: Option<OwnedHeaders>,
 }
 
 impl Batch<'_> {
+    /// Attach a trace context to every message of the batch.
+    pub fn with_trace(mut self, trace: Option<&TraceContext>) -> Self {
+        self.headers = trace.map(TraceContext::headers);
+        self
+    }
+
     /// Enqueue one message, remembered under `index`. Never blocks.
     pub fn send(
         &self,
@@ -229,9 +237,12 @@ impl Batch<'_> {
             batch: self.state.clone(),
             index,
         });
-        let record = BaseRecord::with_opaque_to(topic, slot)
+        let mut record = BaseRecord::with_opaque_to(topic, slot)
             .key(key)
             .payload(payload);
+        if let Some(headers) = &self.headers {
+            record = record.headers(headers.clone());
+        }
         match self.producer.inner.send(record) {
             Ok(()) => Ok(()),
             Err((err, _record)) => {
