@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Ingest, partition_by_key, read_topic};
+use crate::support::{Ingest, java_partition, partition_by_key, read_topic};
 
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -110,7 +110,15 @@ fn assert_topic_holds(topic: &str, items: &[Value], key_field: &str) {
             "forwarded unchanged"
         );
     }
-    let partitions: BTreeSet<i32> = partition_by_key(&got).into_values().collect();
+    let by_key = partition_by_key(&got);
+    for (key, partition) in &by_key {
+        assert_eq!(
+            *partition,
+            java_partition(key.as_bytes(), 4),
+            "{key} is where the Java client puts it"
+        );
+    }
+    let partitions: BTreeSet<i32> = by_key.into_values().collect();
     assert!(
         partitions.len() > 1,
         "several keys spread over the 4 partitions"
