@@ -679,3 +679,118 @@ async fn trace_context_travels_in_record_headers() {
     }
     ingest.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_get_a_clear_4xx_and_the_service_stays_healthy() {
+    let ingest = Ingest::start(&["--max-body-bytes", "1048576"]).await;
+    let url = format!("{}/v1/sensor-readings", ingest.url);
+    let digits = "9".repeat(10_000);
+    let mut invalid_utf8 = reading(1).to_string().into_bytes();
+    let at = invalid_utf8.windows(4).position(|w| w == b"lyon").unwrap();
+    invalid_utf8[at] = 0xff;
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "invalid utf-8",
+            "application/json",
+            invalid_utf8,
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "10,000-digit number",
+            "application/json",
+            reading(1)
+                .to_string()
+                .replace(
+                    "\"vibration_mm_s\":0.5",
+                    &format!("\"vibration_mm_s\":{digits}"),
+                )
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "10,000-character id",
+            "application/json",
+            with(reading(1), "event_id", json!(digits))
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+        ),
+        (
+            "truncated NDJSON",
+            "application/x-ndjson",
+            reading(1).to_string()[..40].as_bytes().to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "wrong content type",
+            "text/csv",
+            b"a,b\n1,2\n".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+    ];
+    for (name, content_type, body, status, code) in cases {
+        let (got, answer) = post(&url, content_type, body).await;
+        assert_eq!(got, status, "{name}: {answer}");
+        let got_code = answer
+            .get("error")
+            .cloned()
+            .unwrap_or_else(|| answer["errors"][0]["code"].clone());
+        assert_eq!(got_code, code, "{name}: {answer}");
+    }
+
+    // deep nesting: refused, never a crash (the array's item is an array; the object's unknown
+    // field is skipped, or stopped by the parser's depth limit)
+    for (content_type, body) in [
+        (
+            "application/json",
+            format!("{}{}", "[".repeat(400_000), "]".repeat(400_000)),
+        ),
+        (
+            "application/x-ndjson",
+            format!("{{\"x\":{}{}}}\n", "[".repeat(400_000), "]".repeat(400_000)),
+        ),
+    ] {
+        let (status, answer) = post(&url, content_type, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let code = answer["errors"][0]["code"].as_str().unwrap();
+        assert!(
+            ["invalid_type", "invalid_json", "missing_field"].contains(&code),
+            "{answer}"
+        );
+    }
+
+    // 100 MB streamed without a Content-Length: refused once the limit is crossed
+    let chunk = vec![b' '; 1024 * 1024];
+    let stream =
+        futures::stream::iter((0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
+    match response {
+        Ok(r) => assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE),
+        // the server may close the connection while the client is still sending
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
+
+    // still healthy, still serving
+    let (status, answer) = post(&url, "application/json", reading(2).to_string()).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{answer}"
+    );
+    assert_eq!(
+        read_topic(&ingest.sensor_topic, 1, SETTLE).len(),
+        1,
+        "only the valid event reached the topic"
+    );
+    ingest.stop().await;
+}

@@ -437,3 +437,25 @@ proptest! {
         prop_assert_eq!(e.field.as_deref(), Some(field));
     }
 }
+
+#[test]
+fn very_deep_nesting_does_not_overflow_the_stack() {
+    let depth = 8 * 1024 * 1024;
+    let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    // the array's single item is an array: not an event, and no crash on the way
+    let items = body::split(body.as_bytes(), Framing::Json, 10).unwrap();
+    let e = SensorReading::from_json(items[0].json, &policy()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidType);
+    let unclosed = "[".repeat(depth);
+    assert!(body::split(unclosed.as_bytes(), Framing::Json, 10).is_err());
+    let item = format!("{{\"x\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
+    // refused (the parser's depth limit, or the skipped unknown field leaves the required ones
+    // missing), never a crash
+    let code = SensorReading::from_json(item.as_bytes(), &policy())
+        .unwrap_err()
+        .code;
+    assert!(
+        matches!(code, ErrorCode::InvalidJson | ErrorCode::MissingField),
+        "{code}"
+    );
+}
