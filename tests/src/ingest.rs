@@ -721,7 +721,7 @@ async fn hostile_bodies_get_a_clear_4xx_and_the_service_stays_healthy() {
         (
             "truncated NDJSON",
             "application/x-ndjson",
-            reading(1).to_string()[..40].as_bytes().to_vec(),
+            reading(1).to_string().as_bytes()[..40].to_vec(),
             StatusCode::BAD_REQUEST,
             "invalid_json",
         ),
