@@ -6,9 +6,11 @@
 //!   arrival order (sums are fixed-point integers, so adding in any order gives the same bits);
 //! - [`watermark`]: the operator watermark over partitions, with the idle-partition rule.
 //!
-//! Fraud features and scoring arrive with the speed-layer issue.
+//! - [`fraud`]: a payment's fraud features and score (logistic model or documented rules), and
+//!   the IoT alert rules.
 
 pub mod aggregate;
+pub mod fraud;
 pub mod watermark;
 pub mod window;
 
