@@ -122,6 +122,7 @@ fn ranges_are_enforced() {
         ("temperature_c", json!(-80.1), ErrorCode::OutOfRange),
         ("temperature_c", json!(200.01), ErrorCode::OutOfRange),
         ("vibration_mm_s", json!(-0.001), ErrorCode::OutOfRange),
+        ("vibration_mm_s", json!(10_000.001), ErrorCode::OutOfRange),
     ];
     for (field, value, code) in cases {
         let e = sensor_err(&with(reading(), field, value.clone()));
@@ -367,7 +368,7 @@ fn ident() -> impl Strategy<Value = String> {
 prop_compose! {
     fn arb_reading()(event_id in ident(), device_id in ident(), site in ident(),
                      ts in EventTime::MIN.millis()..NOW + 300_000,
-                     temperature_c in -80.0f64..=200.0, vibration_mm_s in 0.0f64..1e6) -> SensorReading {
+                     temperature_c in -80.0f64..=200.0, vibration_mm_s in 0.0f64..=10_000.0) -> SensorReading {
         SensorReading {
             event_id: EventId::parse(event_id).unwrap(), device_id: Ident::parse("device_id", device_id).unwrap(),
             site: Ident::parse("site", site).unwrap(), ts: EventTime::from_millis("ts", ts).unwrap(),

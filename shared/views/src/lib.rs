@@ -6,11 +6,13 @@
 //!   arrival order (sums are fixed-point integers, so adding in any order gives the same bits);
 //! - [`watermark`]: the operator watermark over partitions, with the idle-partition rule.
 //!
+//! - [`keys`]: the Redis key scheme the speed layer writes and the serving layer reads.
 //! - [`fraud`]: a payment's fraud features and score (logistic model or documented rules), and
 //!   the IoT alert rules.
 
 pub mod aggregate;
 pub mod fraud;
+pub mod keys;
 pub mod watermark;
 pub mod window;
 

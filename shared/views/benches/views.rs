@@ -1,0 +1,2 @@
+//! Placeholder replaced by the window-assignment + aggregate-update benchmarks.
+fn main() {}
