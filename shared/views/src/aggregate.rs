@@ -17,6 +17,23 @@ fn fixed(v: f64) -> i128 {
     (v * SCALE).round() as i128
 }
 
+/// An aggregate that two partial results combine into (associative and commutative).
+pub trait Merge {
+    fn merge(&mut self, other: &Self);
+}
+
+impl Merge for SensorAgg {
+    fn merge(&mut self, other: &Self) {
+        SensorAgg::merge(self, other);
+    }
+}
+
+impl Merge for CardAgg {
+    fn merge(&mut self, other: &Self) {
+        CardAgg::merge(self, other);
+    }
+}
+
 /// Count, min, max and sum of one measure.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stat {

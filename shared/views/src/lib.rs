@@ -16,6 +16,6 @@ pub mod keys;
 pub mod watermark;
 pub mod window;
 
-pub use aggregate::{CardAgg, SensorAgg, Stat};
+pub use aggregate::{CardAgg, Merge, SensorAgg, Stat};
 pub use watermark::Watermarks;
-pub use window::{Sessions, Window, WindowSpec};
+pub use window::{SessionAggs, Sessions, Window, WindowSpec};

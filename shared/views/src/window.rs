@@ -100,6 +100,72 @@ impl Sessions {
     }
 }
 
+/// Sessions of one key with an aggregate each: [`Sessions`] that also merge what they hold.
+///
+/// [`SessionAggs::add`] takes a partial session — one event (`[ts, ts + gap)`) or a run of
+/// sessions computed elsewhere (a micro-batch) — so the speed layer can pre-aggregate a batch and
+/// merge it into the stored sessions with the same rule: two sessions merge when they overlap or
+/// touch (`a.start <= b.end && b.start <= a.end`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionAggs<A> {
+    gap_ms: i64,
+    /// Disjoint, sorted by start.
+    sessions: Vec<(Window, A)>,
+}
+
+impl<A: crate::aggregate::Merge> SessionAggs<A> {
+    pub fn new(gap_ms: i64) -> Self {
+        SessionAggs {
+            gap_ms: gap_ms.max(1),
+            sessions: Vec::new(),
+        }
+    }
+
+    pub fn gap_ms(&self) -> i64 {
+        self.gap_ms
+    }
+
+    /// Add one event at `ts` with its aggregate.
+    pub fn add_event(&mut self, ts: EventTime, agg: A) -> Window {
+        let w = Window {
+            start: ts,
+            end: EventTime::from_millis_unchecked(ts.millis() + self.gap_ms),
+        };
+        self.add(w, agg)
+    }
+
+    /// Add a partial session; returns the session it now belongs to (after any merge).
+    pub fn add(&mut self, window: Window, mut agg: A) -> Window {
+        let mut merged = window;
+        let mut kept = Vec::with_capacity(self.sessions.len() + 1);
+        let mut absorbed: Vec<A> = Vec::new();
+        for (w, a) in self.sessions.drain(..) {
+            if w.start <= merged.end && merged.start <= w.end {
+                merged.start = merged.start.min(w.start);
+                merged.end = merged.end.max(w.end);
+                absorbed.push(a);
+            } else {
+                kept.push((w, a));
+            }
+        }
+        for a in &absorbed {
+            agg.merge(a);
+        }
+        let at = kept.partition_point(|(w, _)| w.start < merged.start);
+        kept.insert(at, (merged, agg));
+        self.sessions = kept;
+        merged
+    }
+
+    pub fn sessions(&self) -> &[(Window, A)] {
+        &self.sessions
+    }
+
+    pub fn into_sessions(self) -> Vec<(Window, A)> {
+        self.sessions
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
