@@ -27,6 +27,30 @@ pub struct TopicArgs {
     )]
     pub payments: String,
 
+    /// Topic of alerts (fraud scores over the threshold, IoT alerts), keyed by card / device.
+    #[arg(
+        long = "topic-alerts",
+        env = "LAMBDALAKE_TOPIC_ALERTS",
+        default_value = "alerts"
+    )]
+    pub alerts: String,
+
+    /// Topic of events the speed layer found behind its watermark, with the reason and lateness.
+    #[arg(
+        long = "topic-late-events",
+        env = "LAMBDALAKE_TOPIC_LATE_EVENTS",
+        default_value = "late-events"
+    )]
+    pub late_events: String,
+
+    /// Topic of records a consumer could not decode (they passed no validation or a newer one).
+    #[arg(
+        long = "topic-dead-letter",
+        env = "LAMBDALAKE_TOPIC_DEAD_LETTER",
+        default_value = "dead-letter"
+    )]
+    pub dead_letter: String,
+
     /// Partitions of each topic when a service creates it.
     #[arg(
         long = "topic-partitions",

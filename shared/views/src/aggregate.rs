@@ -45,6 +45,10 @@ pub struct Stat {
 
 impl Stat {
     fn of(v: f64) -> Self {
+        // `-0.0` and `0.0` are equal, so which of the two `f64::min` and `f64::max` return
+        // depends on the order of the arguments (and on the optimisation level): one zero keeps
+        // min and max independent of arrival order down to the bits
+        let v = if v == 0.0 { 0.0 } else { v };
         Stat {
             min: v,
             max: v,
@@ -193,6 +197,19 @@ mod tests {
             prop_assert_eq!(forward.amount_sum_cents, values.iter().map(|v| v.0).sum::<i64>());
             prop_assert_eq!(forward.amount_max_cents, values.iter().map(|v| v.0).max().unwrap());
         }
+    }
+
+    #[test]
+    fn min_and_max_of_both_zeros_do_not_depend_on_order() {
+        let fold = |a: f64, b: f64| {
+            let mut agg = SensorAgg::of(&reading(a, 0.0));
+            agg.add(&reading(b, 0.0));
+            agg.temperature_c
+        };
+        let (forward, backward) = (fold(0.0, -0.0), fold(-0.0, 0.0));
+        assert_eq!(forward.min.to_bits(), backward.min.to_bits());
+        assert_eq!(forward.max.to_bits(), backward.max.to_bits());
+        assert_eq!(forward.min.to_bits(), 0.0f64.to_bits());
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! The speed layer's metrics. The names are the ones `dashboards/` uses.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramVec, IntCounterVec, IntGaugeVec, register_histogram,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+};
+
+/// Records consumed, by topic and outcome: `applied` (counted in the views), `duplicate` (an
+/// event id already counted), `late` (behind the watermark, sent to the late-events topic),
+/// `invalid` (not a valid event, sent to the dead-letter topic).
+pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_speed_events_total",
+        "Records consumed by the speed layer, by topic and outcome",
+        &["topic", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Late events, by topic (also counted in `lambdalake_speed_events_total{outcome="late"}`).
+pub static LATE_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_speed_late_events_total",
+        "Events behind the watermark, routed to the late-events topic, by topic",
+        &["topic"]
+    )
+    .expect("metric registers once")
+});
+
+/// How far behind the watermark late events were.
+pub static LATENESS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "lambdalake_speed_lateness_seconds",
+        "How far behind the watermark a late event was, by topic",
+        &["topic"],
+        vec![0.1, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0]
+    )
+    .expect("metric registers once")
+});
+
+/// Consumer lag per partition: high watermark − next offset to apply.
+pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdalake_speed_consumer_lag",
+        "Records in the partition not yet applied by the speed layer",
+        &["topic", "partition"]
+    )
+    .expect("metric registers once")
+});
+
+/// Processing time minus the operator watermark, by topic, in seconds.
+pub static WATERMARK_DELAY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdalake_speed_watermark_delay_seconds",
+        "Wall-clock time minus the speed layer's event-time watermark, by topic",
+        &["topic"]
+    )
+    .expect("metric registers once")
+});
+
+/// Records per micro-batch.
+pub static BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "lambdalake_speed_batch_records",
+        "Records in one micro-batch",
+        vec![
+            1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Time to apply one micro-batch (side outputs acknowledged and every partition's script run).
+pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "lambdalake_speed_apply_duration_seconds",
+        "Time to apply one micro-batch to Redis, side outputs included",
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Redis write latency of one partition's apply script.
+pub static REDIS_WRITE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "lambdalake_speed_redis_write_duration_seconds",
+        "Latency of one partition's atomic apply script in Redis",
+        vec![
+            0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Broker append time of a record to the moment its window is visible in Redis.
+pub static FRESHNESS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "lambdalake_speed_window_freshness_seconds",
+        "Time from a record's Kafka timestamp to its window being updated in Redis, by topic",
+        &["topic"],
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Alerts raised, by kind (`fraud`, `sensor`).
+pub static ALERTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_speed_alerts_total",
+        "Alerts raised by the speed layer, by kind",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Apply outcomes that were not a plain success, by reason (`skip`, `mismatch`, `dup`,
+/// `redis_error`, `kafka_error`).
+pub static APPLY_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_speed_apply_retries_total",
+        "Micro-batch partitions not applied at the first try, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Partition assignments and revocations.
+pub static REBALANCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_speed_rebalances_total",
+        "Consumer group rebalances seen, by kind (assign, revoke)",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// The fraud model in use (1 for the current version label).
+pub static MODEL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdalake_speed_fraud_model",
+        "The fraud model the speed layer scores with (value 1 for the version in use)",
+        &["version"]
+    )
+    .expect("metric registers once")
+});
+
+/// Every metric name, for the docs and the dashboard tests.
+pub const NAMES: [&str; 13] = [
+    "lambdalake_speed_events_total",
+    "lambdalake_speed_late_events_total",
+    "lambdalake_speed_lateness_seconds",
+    "lambdalake_speed_consumer_lag",
+    "lambdalake_speed_watermark_delay_seconds",
+    "lambdalake_speed_batch_records",
+    "lambdalake_speed_apply_duration_seconds",
+    "lambdalake_speed_redis_write_duration_seconds",
+    "lambdalake_speed_window_freshness_seconds",
+    "lambdalake_speed_alerts_total",
+    "lambdalake_speed_apply_retries_total",
+    "lambdalake_speed_rebalances_total",
+    "lambdalake_speed_fraud_model",
+];
+
+/// Register every metric now, so `/metrics` lists them before the first event.
+pub fn register() {
+    LazyLock::force(&EVENTS);
+    LazyLock::force(&LATE_EVENTS);
+    LazyLock::force(&LATENESS_SECONDS);
+    LazyLock::force(&CONSUMER_LAG);
+    LazyLock::force(&WATERMARK_DELAY);
+    LazyLock::force(&BATCH_RECORDS);
+    LazyLock::force(&APPLY_SECONDS);
+    LazyLock::force(&REDIS_WRITE_SECONDS);
+    LazyLock::force(&FRESHNESS_SECONDS);
+    LazyLock::force(&ALERTS);
+    LazyLock::force(&APPLY_RETRIES);
+    LazyLock::force(&REBALANCES);
+    LazyLock::force(&MODEL);
+}

@@ -1,0 +1,870 @@
+//! The micro-batch loop, on one dedicated thread: poll records until the trigger fires, classify
+//! them (invalid, late, duplicate in the batch, live), plan the view updates, write the side
+//! outputs (late events, dead letters, alerts) and wait for the broker's acknowledgement, then
+//! apply each partition's plan with its offset in one atomic Redis script.
+//!
+//! Side outputs are written before the apply: a crash between the two re-sends them (at least
+//! once, with stable ids) and never loses them. The views themselves are exactly once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use lambdalake_events::{Event, FieldError, Payment, Policy, SensorReading};
+use lambdalake_kafka::rdkafka::Offset;
+use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lambdalake_kafka::rdkafka::message::Message;
+use lambdalake_kafka::{ProduceError, Producer};
+use lambdalake_runtime::tasks::CancellationToken;
+use lambdalake_views::Watermarks;
+use lambdalake_views::fraud::Seen;
+use lambdalake_views::keys::Keys;
+use serde::Serialize;
+
+use crate::apply::{self, Outcome, Target};
+use crate::consumer::{Change, Context, PartState};
+use crate::metrics;
+use crate::plan::{self, Plan, Reference};
+use crate::reference::ReferenceCache;
+
+/// The loop's settings, from [`crate::Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub trigger_interval: Duration,
+    pub max_batch: usize,
+    pub close_when_caught_up: bool,
+    pub lateness_ms: i64,
+    pub idle_ms: i64,
+    pub ttl_ms: i64,
+    pub alerts_kept: usize,
+    pub fraud_threshold: f64,
+    pub shutdown_timeout: Duration,
+    /// [sensor topic, payment topic]
+    pub topics: [String; 2],
+    pub alerts_topic: String,
+    pub late_topic: String,
+    pub dead_letter_topic: String,
+}
+
+/// What the readiness checks look at.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub redis_ok: AtomicBool,
+    pub kafka_ok: AtomicBool,
+    pub assigned: AtomicUsize,
+    pub batches: AtomicUsize,
+}
+
+const SENSORS: usize = 0;
+const PAYMENTS: usize = 1;
+
+enum Decoded {
+    Sensor(SensorReading),
+    Payment(Payment),
+    Invalid(FieldError),
+}
+
+impl Decoded {
+    fn id_ts(&self) -> Option<(&str, i64)> {
+        match self {
+            Decoded::Sensor(r) => Some((r.event_id.as_str(), r.ts.millis())),
+            Decoded::Payment(p) => Some((p.event_id.as_str(), p.ts.millis())),
+            Decoded::Invalid(_) => None,
+        }
+    }
+}
+
+struct Rec {
+    offset: i64,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    kafka_ts: Option<i64>,
+    decoded: Decoded,
+}
+
+#[derive(Debug, Default)]
+struct PartInfo {
+    /// Records below this offset are stale (already applied or before a seek).
+    expect: Option<i64>,
+    /// The stored watermark: events behind it are late, whatever the operator watermark says.
+    floor: Option<i64>,
+}
+
+/// One partition's share of a micro-batch, classified.
+struct Work {
+    topic: usize,
+    partition: i32,
+    recs: Vec<Rec>,
+    live: Vec<usize>,
+    late: Vec<(usize, i64, i64)>,
+    invalid: Vec<usize>,
+    batch_duplicates: usize,
+}
+
+#[derive(Serialize)]
+struct LateRecord<'a> {
+    reason: &'static str,
+    lateness_ms: i64,
+    watermark_ms: i64,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    event: &'a serde_json::value::RawValue,
+}
+
+#[derive(Serialize)]
+struct DeadLetter<'a> {
+    reason: &'static str,
+    error: &'a FieldError,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    /// The record's value, lossily decoded as UTF-8.
+    payload: String,
+}
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] lambdalake_kafka::rdkafka::error::KafkaError),
+}
+
+pub struct Pipeline {
+    settings: Settings,
+    consumer: BaseConsumer<Context>,
+    producer: Producer,
+    rt: tokio::runtime::Handle,
+    redis: redis::Client,
+    con: Option<redis::Connection>,
+    keys: Keys,
+    watermarks: [Watermarks; 2],
+    parts: HashMap<(usize, i32), PartInfo>,
+    /// Fraud history of the cards of each payments partition, as stored in Redis.
+    history: HashMap<i32, HashMap<String, Vec<Seen>>>,
+    reference: ReferenceCache,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+    policy: Policy,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        consumer: BaseConsumer<Context>,
+        producer: Producer,
+        rt: tokio::runtime::Handle,
+        redis: redis::Client,
+        keys: Keys,
+        reference: ReferenceCache,
+        shutdown: CancellationToken,
+        health: Arc<Health>,
+    ) -> Self {
+        let wm = Watermarks::new(settings.lateness_ms, settings.idle_ms);
+        Pipeline {
+            settings,
+            consumer,
+            producer,
+            rt,
+            redis,
+            con: None,
+            keys,
+            watermarks: [wm.clone(), wm],
+            parts: HashMap::new(),
+            history: HashMap::new(),
+            reference,
+            shutdown,
+            health,
+            policy: Policy::stored(),
+        }
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.settings.topics.iter().position(|t| t == topic)
+    }
+
+    /// Run until shutdown; the micro-batch in flight when shutdown is asked is finished.
+    pub fn run(mut self) -> Result<(), LoopError> {
+        let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        self.health.kafka_ok.store(true, Ordering::Release);
+        let mut last_lag = Instant::now();
+        while !self.shutdown.is_cancelled() {
+            let batch = self.collect();
+            if !batch.is_empty() {
+                self.apply_batch(batch);
+            }
+            if last_lag.elapsed() > Duration::from_secs(1) {
+                self.report_lag();
+                last_lag = Instant::now();
+            }
+        }
+        tracing::info!("speed layer stopping: leaving the consumer group");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Poll records until the trigger fires: the interval elapsed, the batch is full, or (when
+    /// configured) the consumer has nothing ready.
+    fn collect(&mut self) -> BTreeMap<(usize, i32), Vec<Rec>> {
+        let mut batch: BTreeMap<(usize, i32), Vec<Rec>> = BTreeMap::new();
+        let mut count = 0usize;
+        let started = Instant::now();
+        let deadline = started + self.settings.trigger_interval;
+        while count < self.settings.max_batch && !self.shutdown.is_cancelled() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let timeout = if count > 0 && self.settings.close_when_caught_up {
+                Duration::ZERO
+            } else {
+                (deadline - now).min(Duration::from_millis(100))
+            };
+            // copy what is needed out of the message: it borrows the consumer
+            let polled = match self.consumer.poll(timeout) {
+                None => None,
+                Some(Err(e)) => Some(Err(e)),
+                Some(Ok(m)) => Some(Ok((
+                    m.topic().to_owned(),
+                    m.partition(),
+                    m.offset(),
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                    m.timestamp().to_millis(),
+                ))),
+            };
+            self.handle_changes(&mut batch, &mut count);
+            match polled {
+                None => {
+                    if count > 0 && self.settings.close_when_caught_up {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    self.health.kafka_ok.store(false, Ordering::Release);
+                }
+                Some(Ok((topic, p, offset, key, payload, kafka_ts))) => {
+                    self.health.kafka_ok.store(true, Ordering::Release);
+                    let Some(ti) = self.topic_index(&topic) else {
+                        continue;
+                    };
+                    // only partitions assigned by the rebalance path, and nothing before the
+                    // position they were given (fetched before a seek, or already applied)
+                    let Some(info) = self.parts.get(&(ti, p)) else {
+                        continue;
+                    };
+                    if info.expect.is_some_and(|e| offset < e) {
+                        continue;
+                    }
+                    let decoded = match ti {
+                        SENSORS => SensorReading::from_json(&payload, &self.policy)
+                            .map_or_else(Decoded::Invalid, Decoded::Sensor),
+                        _ => Payment::from_json(&payload, &self.policy)
+                            .map_or_else(Decoded::Invalid, Decoded::Payment),
+                    };
+                    batch.entry((ti, p)).or_default().push(Rec {
+                        offset,
+                        key,
+                        payload,
+                        kafka_ts,
+                        decoded,
+                    });
+                    count += 1;
+                }
+            }
+        }
+        batch
+    }
+
+    fn handle_changes(&mut self, batch: &mut BTreeMap<(usize, i32), Vec<Rec>>, count: &mut usize) {
+        for change in self.consumer.context().take_changes() {
+            match change {
+                Change::Revoked(parts) => {
+                    for (topic, p) in parts {
+                        let Some(ti) = self.topic_index(&topic) else {
+                            continue;
+                        };
+                        if let Some(recs) = batch.remove(&(ti, p)) {
+                            *count -= recs.len();
+                        }
+                        self.parts.remove(&(ti, p));
+                        self.watermarks[ti].remove(p);
+                        if ti == PAYMENTS {
+                            self.history.remove(&p);
+                        }
+                    }
+                }
+                Change::Assigned(parts) => {
+                    let now = now_ms();
+                    for (topic, p, st) in parts {
+                        let Some(ti) = self.topic_index(&topic) else {
+                            continue;
+                        };
+                        self.assign(ti, p, st, now);
+                    }
+                }
+            }
+        }
+        self.health
+            .assigned
+            .store(self.parts.len(), Ordering::Release);
+    }
+
+    fn assign(&mut self, ti: usize, p: i32, st: PartState, now: i64) {
+        self.parts.insert(
+            (ti, p),
+            PartInfo {
+                expect: st.offset,
+                floor: st.watermark,
+            },
+        );
+        if let Some(max_ts) = st.max_ts {
+            self.watermarks[ti].observe(p, max_ts, now);
+        }
+        if ti == PAYMENTS {
+            self.history.remove(&p);
+        }
+    }
+
+    fn connection(&mut self) -> redis::RedisResult<&mut redis::Connection> {
+        if self.con.is_none() {
+            let con = self
+                .redis
+                .get_connection_with_timeout(Duration::from_secs(2))?;
+            con.set_read_timeout(Some(Duration::from_secs(30)))?;
+            con.set_write_timeout(Some(Duration::from_secs(30)))?;
+            self.con = Some(con);
+        }
+        self.con
+            .as_mut()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))
+    }
+
+    /// Classify every record of the batch, in arrival order per partition.
+    fn classify(&mut self, batch: BTreeMap<(usize, i32), Vec<Rec>>, now: i64) -> Vec<Work> {
+        let mut out = Vec::with_capacity(batch.len());
+        for ((ti, p), recs) in batch {
+            let floor = self.parts.get(&(ti, p)).and_then(|i| i.floor);
+            let mut work = Work {
+                topic: ti,
+                partition: p,
+                live: Vec::with_capacity(recs.len()),
+                late: Vec::new(),
+                invalid: Vec::new(),
+                batch_duplicates: 0,
+                recs: Vec::new(),
+            };
+            let mut ids: HashSet<&str> = HashSet::with_capacity(recs.len());
+            for (i, rec) in recs.iter().enumerate() {
+                let Some((id, ts)) = rec.decoded.id_ts() else {
+                    work.invalid.push(i);
+                    continue;
+                };
+                let wm = match (self.watermarks[ti].watermark(now), floor) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                match wm {
+                    Some(w) if ts < w => work.late.push((i, w - ts, w)),
+                    _ if !ids.insert(id) => work.batch_duplicates += 1,
+                    _ => work.live.push(i),
+                }
+                self.watermarks[ti].observe(p, ts, now);
+            }
+            drop(ids);
+            work.recs = recs;
+            out.push(work);
+        }
+        out
+    }
+
+    fn plan(&self, w: &Work, excluded: &HashSet<String>, now: i64) -> Plan {
+        let reference = Reference {
+            model: self.reference.model(),
+            profiles: self.reference.profiles(),
+            baselines: self.reference.baselines(),
+            fraud_threshold: self.settings.fraud_threshold,
+            now_ms: now,
+        };
+        match w.topic {
+            SENSORS => {
+                let rs: Vec<&SensorReading> = w
+                    .live
+                    .iter()
+                    .filter_map(|&i| match &w.recs[i].decoded {
+                        Decoded::Sensor(r) if !excluded.contains(r.event_id.as_str()) => Some(r),
+                        _ => None,
+                    })
+                    .collect();
+                plan::sensors(&rs, &reference)
+            }
+            _ => {
+                let ps: Vec<&Payment> = w
+                    .live
+                    .iter()
+                    .filter_map(|&i| match &w.recs[i].decoded {
+                        Decoded::Payment(p) if !excluded.contains(p.event_id.as_str()) => Some(p),
+                        _ => None,
+                    })
+                    .collect();
+                let empty = HashMap::new();
+                let history = self.history.get(&w.partition).unwrap_or(&empty);
+                plan::payments(
+                    &ps,
+                    history,
+                    plan::history_horizon_ms(self.settings.lateness_ms),
+                    &reference,
+                )
+            }
+        }
+    }
+
+    /// Make sure the fraud history of every card in the payment partitions is cached, and the
+    /// reference data of every key is fresh.
+    fn load_state(&mut self, works: &[Work]) -> redis::RedisResult<()> {
+        let mut missing: Vec<(i32, String)> = Vec::new();
+        let mut cards: HashSet<String> = HashSet::new();
+        let mut devices: HashSet<String> = HashSet::new();
+        for w in works {
+            for &i in &w.live {
+                match &w.recs[i].decoded {
+                    Decoded::Payment(p) => {
+                        let card = p.card_id.as_str();
+                        let cached = self
+                            .history
+                            .get(&w.partition)
+                            .is_some_and(|h| h.contains_key(card));
+                        if !cached && cards.insert(card.to_owned()) {
+                            missing.push((w.partition, card.to_owned()));
+                        }
+                        cards.insert(card.to_owned());
+                    }
+                    Decoded::Sensor(r) => {
+                        devices.insert(r.device_id.as_str().to_owned());
+                    }
+                    Decoded::Invalid(_) => {}
+                }
+            }
+        }
+        let keys = self.keys.clone();
+        let con = self.connection()?;
+        if !missing.is_empty() {
+            let mut pipe = redis::pipe();
+            for (_, card) in &missing {
+                pipe.cmd("ZRANGE")
+                    .arg(keys.card_recent(card))
+                    .arg(0)
+                    .arg(-1);
+            }
+            let rows: Vec<Vec<String>> = pipe.query(con)?;
+            for ((p, card), members) in missing.into_iter().zip(rows) {
+                let seen = members
+                    .iter()
+                    .filter_map(|m| plan::parse_history_member(m))
+                    .collect();
+                self.history.entry(p).or_default().insert(card, seen);
+            }
+        }
+        self.connection()?;
+        let mut con = self.con.take();
+        let result = match con.as_mut() {
+            Some(c) => self.reference.refresh(c, &keys, &cards, &devices),
+            None => Ok(()),
+        };
+        self.con = con;
+        result
+    }
+
+    /// Apply one micro-batch; retries until it is applied or the service shuts down.
+    fn apply_batch(&mut self, batch: BTreeMap<(usize, i32), Vec<Rec>>) {
+        let started = Instant::now();
+        let records: usize = batch.values().map(Vec::len).sum();
+        metrics::BATCH_RECORDS.observe(records as f64);
+        let now = now_ms();
+        let mut works = self.classify(batch, now);
+        let watermark_after: [Option<i64>; 2] = [
+            self.watermarks[SENSORS].watermark(now),
+            self.watermarks[PAYMENTS].watermark(now),
+        ];
+        for (ti, wm) in watermark_after.iter().enumerate() {
+            if let Some(w) = wm {
+                metrics::WATERMARK_DELAY
+                    .with_label_values(&[self.settings.topics[ti].as_str()])
+                    .set((now - w) / 1000);
+            }
+        }
+
+        let give_up = |this: &Self| {
+            this.shutdown.is_cancelled() && started.elapsed() > this.settings.shutdown_timeout
+        };
+        let mut delay = Duration::from_millis(50);
+        let mut backoff = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, retry_in = ?delay, "{what}; retrying the micro-batch");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+
+        // reference data and fraud history
+        loop {
+            match self.load_state(&works) {
+                Ok(()) => break,
+                Err(e) => {
+                    self.con = None;
+                    self.health.redis_ok.store(false, Ordering::Release);
+                    metrics::APPLY_RETRIES
+                        .with_label_values(&["redis_error"])
+                        .inc();
+                    if give_up(self) {
+                        return;
+                    }
+                    backoff("cannot read from Redis", &e);
+                }
+            }
+        }
+
+        let mut plans: Vec<Plan> = works
+            .iter()
+            .map(|w| self.plan(w, &HashSet::new(), now))
+            .collect();
+        let mut produced: HashSet<String> = HashSet::new();
+        // side outputs first: late events, dead letters, alerts
+        loop {
+            match self.produce_side_outputs(&works, &plans, &mut produced) {
+                Ok(()) => break,
+                Err(e) => {
+                    self.health.kafka_ok.store(false, Ordering::Release);
+                    metrics::APPLY_RETRIES
+                        .with_label_values(&["kafka_error"])
+                        .inc();
+                    if give_up(self) {
+                        return;
+                    }
+                    backoff("cannot write side outputs to Kafka", &e);
+                }
+            }
+        }
+
+        for (wi, w) in works.iter_mut().enumerate() {
+            let topic = self.settings.topics[w.topic].clone();
+            let first = w.recs.first().map_or(0, |r| r.offset);
+            let next = w.recs.last().map_or(0, |r| r.offset + 1);
+            let mut excluded: HashSet<String> = HashSet::new();
+            let mut gap_ok = false;
+            loop {
+                let target = Target {
+                    topic: &topic,
+                    partition: w.partition,
+                    first,
+                    next,
+                    watermark: watermark_after[w.topic].unwrap_or(i64::MIN / 2),
+                    now_ms: now,
+                    ttl_ms: self.settings.ttl_ms,
+                    alerts_kept: self.settings.alerts_kept,
+                    gap_ok,
+                };
+                let keys = self.keys.clone();
+                let t0 = Instant::now();
+                let result = self
+                    .connection()
+                    .map_err(apply::ApplyError::from)
+                    .and_then(|con| apply::apply(con, &keys, &target, &plans[wi]));
+                metrics::REDIS_WRITE_SECONDS.observe(t0.elapsed().as_secs_f64());
+                match result {
+                    Ok(Outcome::Applied) => {
+                        self.health.redis_ok.store(true, Ordering::Release);
+                        self.applied(
+                            w,
+                            &plans[wi],
+                            excluded.len(),
+                            next,
+                            watermark_after[w.topic],
+                        );
+                        break;
+                    }
+                    Ok(Outcome::AlreadyApplied { stored }) => {
+                        metrics::APPLY_RETRIES.with_label_values(&["skip"]).inc();
+                        tracing::info!(
+                            topic,
+                            partition = w.partition,
+                            stored,
+                            next,
+                            "micro-batch already applied; skipping"
+                        );
+                        self.reposition(w.topic, w.partition, stored, stored > next);
+                        break;
+                    }
+                    Ok(Outcome::Mismatch { stored }) => {
+                        if stored < first && !gap_ok {
+                            // records between the stored offset and this batch: are they gone?
+                            if let Ok((low, _)) = self.consumer.fetch_watermarks(
+                                &topic,
+                                w.partition,
+                                Duration::from_secs(5),
+                            ) {
+                                if low > stored {
+                                    tracing::error!(
+                                        topic,
+                                        partition = w.partition,
+                                        stored,
+                                        low,
+                                        "records after the stored offset were deleted by retention before the speed layer applied them; continuing from the oldest record left"
+                                    );
+                                    gap_ok = true;
+                                    continue;
+                                }
+                            }
+                        }
+                        metrics::APPLY_RETRIES
+                            .with_label_values(&["mismatch"])
+                            .inc();
+                        tracing::warn!(
+                            topic,
+                            partition = w.partition,
+                            stored,
+                            first,
+                            next,
+                            "stored offset inside the micro-batch; seeking to it"
+                        );
+                        self.reposition(w.topic, w.partition, stored, true);
+                        break;
+                    }
+                    Ok(Outcome::Duplicates(ids)) => {
+                        metrics::APPLY_RETRIES.with_label_values(&["dup"]).inc();
+                        excluded.extend(ids);
+                        plans[wi] = self.plan(w, &excluded, now);
+                        // alerts of the remaining events that were not produced yet
+                        let single = std::slice::from_ref(w);
+                        loop {
+                            match self.produce_alerts(
+                                single,
+                                std::slice::from_ref(&plans[wi]),
+                                &mut produced,
+                            ) {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    if give_up(self) {
+                                        return;
+                                    }
+                                    backoff("cannot write alerts to Kafka", &e);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.con = None;
+                        self.health.redis_ok.store(false, Ordering::Release);
+                        metrics::APPLY_RETRIES
+                            .with_label_values(&["redis_error"])
+                            .inc();
+                        if give_up(self) {
+                            tracing::error!(
+                                "shutdown timeout: leaving the micro-batch unapplied (it will be read again)"
+                            );
+                            return;
+                        }
+                        backoff("cannot apply the micro-batch to Redis", &e);
+                    }
+                }
+            }
+        }
+        self.health.batches.fetch_add(1, Ordering::AcqRel);
+        metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// After a successful apply: remember the new position and history, count.
+    fn applied(&mut self, w: &Work, plan: &Plan, store_dups: usize, next: i64, wm: Option<i64>) {
+        let topic = self.settings.topics[w.topic].as_str();
+        if let Some(info) = self.parts.get_mut(&(w.topic, w.partition)) {
+            info.expect = Some(next);
+            info.floor = match (info.floor, wm) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if w.topic == PAYMENTS {
+            let horizon = plan::history_horizon_ms(self.settings.lateness_ms);
+            let cache = self.history.entry(w.partition).or_default();
+            for (card, cut, entries) in &plan.card_history {
+                let h = cache.entry(card.clone()).or_default();
+                h.extend(entries.iter().map(|(s, _)| *s));
+                let newest = h.iter().map(|s| s.ts_ms).max().unwrap_or(*cut);
+                h.retain(|s| s.ts_ms >= newest - horizon);
+            }
+        }
+        let ev = &metrics::EVENTS;
+        ev.with_label_values(&[topic, "applied"])
+            .inc_by(plan.events as u64);
+        ev.with_label_values(&[topic, "duplicate"])
+            .inc_by((w.batch_duplicates + store_dups) as u64);
+        ev.with_label_values(&[topic, "late"])
+            .inc_by(w.late.len() as u64);
+        ev.with_label_values(&[topic, "invalid"])
+            .inc_by(w.invalid.len() as u64);
+        metrics::LATE_EVENTS
+            .with_label_values(&[topic])
+            .inc_by(w.late.len() as u64);
+        for &(_, lateness, _) in &w.late {
+            metrics::LATENESS_SECONDS
+                .with_label_values(&[topic])
+                .observe(lateness as f64 / 1000.0);
+        }
+        for a in &plan.alerts {
+            metrics::ALERTS.with_label_values(&[a.kind]).inc();
+        }
+        let visible = now_ms();
+        let fresh = metrics::FRESHNESS_SECONDS.with_label_values(&[topic]);
+        for &i in &w.live {
+            if let Some(ts) = w.recs[i].kafka_ts {
+                fresh.observe(((visible - ts).max(0)) as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// Move a partition to `stored` (its offset in Redis) and forget what is cached for it.
+    fn reposition(&mut self, ti: usize, p: i32, stored: i64, seek: bool) {
+        let topic = self.settings.topics[ti].clone();
+        if let Some(info) = self.parts.get_mut(&(ti, p)) {
+            info.expect = Some(stored);
+        }
+        if ti == PAYMENTS {
+            self.history.remove(&p);
+        }
+        if seek {
+            if let Err(e) =
+                self.consumer
+                    .seek(&topic, p, Offset::Offset(stored), Duration::from_secs(5))
+            {
+                tracing::warn!(topic, partition = p, error = %e, "seek failed");
+            }
+        }
+    }
+
+    fn produce_side_outputs(
+        &self,
+        works: &[Work],
+        plans: &[Plan],
+        produced: &mut HashSet<String>,
+    ) -> Result<(), ProduceError> {
+        let batch = self.producer.batch();
+        let mut sent = 0usize;
+        for w in works {
+            let topic = self.settings.topics[w.topic].as_str();
+            for &(i, lateness_ms, watermark_ms) in &w.late {
+                let rec = &w.recs[i];
+                // the record decoded, so it is JSON
+                let Ok(event) =
+                    serde_json::from_slice::<&serde_json::value::RawValue>(&rec.payload)
+                else {
+                    continue;
+                };
+                let body = serde_json::to_vec(&LateRecord {
+                    reason: "behind_watermark",
+                    lateness_ms,
+                    watermark_ms,
+                    topic,
+                    partition: w.partition,
+                    offset: rec.offset,
+                    event,
+                })
+                .unwrap_or_default();
+                batch.send(sent, &self.settings.late_topic, &rec.key, &body)?;
+                sent += 1;
+            }
+            for &i in &w.invalid {
+                let rec = &w.recs[i];
+                let Decoded::Invalid(error) = &rec.decoded else {
+                    continue;
+                };
+                let body = serde_json::to_vec(&DeadLetter {
+                    reason: "invalid_event",
+                    error,
+                    topic,
+                    partition: w.partition,
+                    offset: rec.offset,
+                    payload: String::from_utf8_lossy(&rec.payload).into_owned(),
+                })
+                .unwrap_or_default();
+                batch.send(sent, &self.settings.dead_letter_topic, &rec.key, &body)?;
+                sent += 1;
+            }
+        }
+        let alerts = self.queue_alerts(&batch, plans, produced, &mut sent)?;
+        self.await_batch(batch, sent)?;
+        produced.extend(alerts);
+        Ok(())
+    }
+
+    fn produce_alerts(
+        &self,
+        _works: &[Work],
+        plans: &[Plan],
+        produced: &mut HashSet<String>,
+    ) -> Result<(), ProduceError> {
+        let batch = self.producer.batch();
+        let mut sent = 0usize;
+        let alerts = self.queue_alerts(&batch, plans, produced, &mut sent)?;
+        self.await_batch(batch, sent)?;
+        produced.extend(alerts);
+        Ok(())
+    }
+
+    fn queue_alerts(
+        &self,
+        batch: &lambdalake_kafka::Batch<'_>,
+        plans: &[Plan],
+        produced: &HashSet<String>,
+        sent: &mut usize,
+    ) -> Result<Vec<String>, ProduceError> {
+        let mut ids = Vec::new();
+        for plan in plans {
+            for a in &plan.alerts {
+                if produced.contains(&a.alert_id) {
+                    continue;
+                }
+                let body = serde_json::to_vec(a).unwrap_or_default();
+                batch.send(*sent, &self.settings.alerts_topic, a.key.as_bytes(), &body)?;
+                *sent += 1;
+                ids.push(a.alert_id.clone());
+            }
+        }
+        Ok(ids)
+    }
+
+    fn await_batch(
+        &self,
+        batch: lambdalake_kafka::Batch<'_>,
+        sent: usize,
+    ) -> Result<(), ProduceError> {
+        if sent == 0 {
+            drop(batch);
+            return Ok(());
+        }
+        let outcomes = self.rt.block_on(batch.acked());
+        for (_, r) in outcomes {
+            r?;
+        }
+        Ok(())
+    }
+
+    fn report_lag(&self) {
+        let ctx = self.consumer.context();
+        for (&(ti, p), info) in &self.parts {
+            let topic = self.settings.topics[ti].as_str();
+            if let (Some(high), Some(next)) = (ctx.high_watermark(topic, p), info.expect) {
+                metrics::CONSUMER_LAG
+                    .with_label_values(&[topic, &p.to_string()])
+                    .set((high - next).max(0));
+            }
+        }
+    }
+}
