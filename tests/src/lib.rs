@@ -5,4 +5,6 @@
 #[cfg(test)]
 mod ingest;
 #[cfg(test)]
+mod speed;
+#[cfg(test)]
 mod support;

@@ -328,8 +328,9 @@ impl Pipeline {
                 floor: st.watermark,
             },
         );
-        if let Some(max_ts) = st.max_ts {
-            self.watermarks[ti].observe(p, max_ts, now);
+        match st.max_ts {
+            Some(max_ts) => self.watermarks[ti].observe(p, max_ts, now),
+            None => self.watermarks[ti].assign(p, now),
         }
         if ti == PAYMENTS {
             self.history.remove(&p);
@@ -350,9 +351,15 @@ impl Pipeline {
             .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))
     }
 
-    /// Classify every record of the batch, in arrival order per partition.
+    /// Classify every record of the batch, in arrival order per partition. Lateness is judged
+    /// against the watermark as it stood when the batch started (as Spark does), so the result
+    /// does not depend on the order partitions come in within a batch.
     fn classify(&mut self, batch: BTreeMap<(usize, i32), Vec<Rec>>, now: i64) -> Vec<Work> {
         let mut out = Vec::with_capacity(batch.len());
+        let at_start = [
+            self.watermarks[SENSORS].watermark(now),
+            self.watermarks[PAYMENTS].watermark(now),
+        ];
         for ((ti, p), recs) in batch {
             let floor = self.parts.get(&(ti, p)).and_then(|i| i.floor);
             let mut work = Work {
@@ -365,14 +372,14 @@ impl Pipeline {
                 recs: Vec::new(),
             };
             let mut ids: HashSet<&str> = HashSet::with_capacity(recs.len());
+            let wm = match (at_start[ti], floor) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             for (i, rec) in recs.iter().enumerate() {
                 let Some((id, ts)) = rec.decoded.id_ts() else {
                     work.invalid.push(i);
                     continue;
-                };
-                let wm = match (self.watermarks[ti].watermark(now), floor) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
                 };
                 match wm {
                     Some(w) if ts < w => work.late.push((i, w - ts, w)),

@@ -7,7 +7,9 @@
 //! Idle partitions: a partition that received nothing for `idle_after_ms` of processing time
 //! stops holding the minimum back (as Flink's `withIdleness`); it counts again as soon as it
 //! receives an event. When every partition is idle, the watermark is the largest partition
-//! watermark. A partition that never received an event does not hold the watermark back.
+//! watermark. A partition that is assigned ([`Watermarks::assign`]) but has not received an
+//! event yet holds the watermark where it is until it goes idle: its first events may be older
+//! than the other partitions'. A partition never assigned nor observed does not count.
 //! The watermark never goes backwards.
 
 use std::collections::HashMap;
@@ -17,8 +19,8 @@ use std::collections::HashMap;
 pub struct Watermarks {
     lateness_ms: i64,
     idle_after_ms: i64,
-    /// partition → (max event time seen, processing time of the last event)
-    partitions: HashMap<i32, (i64, i64)>,
+    /// partition → (max event time seen, processing time of the last event or assignment)
+    partitions: HashMap<i32, (Option<i64>, i64)>,
     current: Option<i64>,
 }
 
@@ -35,10 +37,16 @@ impl Watermarks {
         }
     }
 
+    /// A partition was assigned at processing time `now_ms`: until its first event or until it
+    /// goes idle, it holds the watermark back.
+    pub fn assign(&mut self, partition: i32, now_ms: i64) {
+        self.partitions.entry(partition).or_insert((None, now_ms));
+    }
+
     /// Record an event of `partition` with event time `ts_ms`, seen at processing time `now_ms`.
     pub fn observe(&mut self, partition: i32, ts_ms: i64, now_ms: i64) {
-        let entry = self.partitions.entry(partition).or_insert((ts_ms, now_ms));
-        entry.0 = entry.0.max(ts_ms);
+        let entry = self.partitions.entry(partition).or_insert((None, now_ms));
+        entry.0 = Some(entry.0.map_or(ts_ms, |m| m.max(ts_ms)));
         entry.1 = now_ms;
     }
 
@@ -49,18 +57,23 @@ impl Watermarks {
 
     /// The operator watermark at processing time `now_ms` (epoch ms), if any event was seen.
     pub fn watermark(&mut self, now_ms: i64) -> Option<i64> {
-        let active = self
+        let mut active = self
             .partitions
             .values()
             .filter(|(_, seen)| now_ms - seen < self.idle_after_ms)
-            .map(|(max, _)| max - self.lateness_ms)
-            .min();
-        let candidate = active.or_else(|| {
+            .map(|(max, _)| max.map(|m| m - self.lateness_ms))
+            .peekable();
+        let candidate = if active.peek().is_some() {
+            // an active partition without events holds the watermark where it is
+            active
+                .collect::<Option<Vec<i64>>>()
+                .and_then(|w| w.into_iter().min())
+        } else {
             self.partitions
                 .values()
-                .map(|(max, _)| max - self.lateness_ms)
+                .filter_map(|(max, _)| max.map(|m| m - self.lateness_ms))
                 .max()
-        });
+        };
         if let Some(c) = candidate {
             self.current = Some(self.current.map_or(c, |w| w.max(c)));
         }
@@ -93,6 +106,29 @@ mod tests {
         assert_eq!(w.watermark(16_000), Some(80_000));
         // all idle: the largest
         assert_eq!(w.watermark(100_000), Some(80_000));
+    }
+
+    #[test]
+    fn an_assigned_partition_without_events_holds_the_watermark_until_idle() {
+        let mut w = Watermarks::new(30_000, 10_000);
+        w.assign(0, 0);
+        w.assign(1, 0);
+        w.observe(0, 100_000, 1_000);
+        assert_eq!(
+            w.watermark(1_000),
+            None,
+            "partition 1 may still bring older events"
+        );
+        w.observe(1, 90_000, 2_000);
+        assert_eq!(w.watermark(2_000), Some(60_000));
+        // a third partition assigned later holds it where it is, then goes idle
+        w.assign(2, 3_000);
+        w.observe(0, 200_000, 4_000);
+        w.observe(1, 200_000, 4_000);
+        assert_eq!(w.watermark(4_000), Some(60_000));
+        w.observe(0, 200_000, 13_500);
+        w.observe(1, 200_000, 13_500);
+        assert_eq!(w.watermark(13_500), Some(170_000));
     }
 
     #[test]

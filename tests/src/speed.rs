@@ -1,0 +1,617 @@
+//! The speed layer on the real broker and Redis: the `lambdalake-speed` binary (built next to
+//! this test binary; `infra/local/test` builds it) against views with a known answer, SIGKILLs,
+//! and two instances in one group.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lambdalake_events::{Event, Payment, Policy, SensorReading};
+use lambdalake_kafka::{KafkaArgs, Producer, ProducerArgs};
+use lambdalake_views::keys::{self, CardView, Keys, SensorView};
+use lambdalake_views::table::{self, Keyed};
+use lambdalake_views::{CardAgg, SensorAgg, Sessions, WindowSpec};
+use rand::Rng;
+use redis::Commands;
+
+use crate::support::{read_topic, unique};
+
+fn redis_url() -> String {
+    std::env::var("LAMBDALAKE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
+}
+
+fn speed_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/lambdalake-speed
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("lambdalake-speed"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p lambdalake-speed`; infra/local/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Producer and consumer settings from the environment (`infra/local/stack env`).
+fn kafka() -> (KafkaArgs, ProducerArgs) {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        producer: ProducerArgs,
+    }
+    let cli = <Cli as clap::Parser>::parse_from(["tests"]);
+    (cli.kafka, cli.producer)
+}
+
+/// One speed-layer deployment: its topics, key prefix and group, all fresh.
+struct Setup {
+    sensor: String,
+    payment: String,
+    alerts: String,
+    late: String,
+    dead: String,
+    prefix: String,
+    group: String,
+    keys: Keys,
+    redis: redis::Client,
+    producer: Producer,
+    /// Next offset of every partition written so far (topic, partition) → end.
+    ends: HashMap<(String, i32), i64>,
+    /// Every event sent, decoded as the speed layer decodes it.
+    sensors: Vec<SensorReading>,
+    payments: Vec<Payment>,
+    logs: Vec<PathBuf>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let (kafka, producer) = kafka();
+        let prefix = unique("it");
+        Setup {
+            sensor: unique("it-sensor"),
+            payment: unique("it-payment"),
+            alerts: unique("it-alerts"),
+            late: unique("it-late"),
+            dead: unique("it-dead"),
+            group: unique("it-speed"),
+            keys: Keys::new(prefix.clone()),
+            prefix,
+            redis: redis::Client::open(redis_url()).expect("redis url"),
+            producer: Producer::new(&kafka, &producer).expect("producer"),
+            ends: HashMap::new(),
+            sensors: Vec::new(),
+            payments: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// Start one `lambdalake-speed` process; its log goes to a file named in failures.
+    fn spawn(&mut self, extra: &[&str]) -> Child {
+        let log = std::env::temp_dir().join(format!("{}-{}.log", self.prefix, self.logs.len()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(speed_binary());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--topic-sensor-readings",
+            &self.sensor,
+            "--topic-payments",
+            &self.payment,
+            "--topic-alerts",
+            &self.alerts,
+            "--topic-late-events",
+            &self.late,
+            "--topic-dead-letter",
+            &self.dead,
+            "--key-prefix",
+            &self.prefix,
+            "--group",
+            &self.group,
+            "--redis-url",
+            &redis_url(),
+            // a killed member's partitions move after 6 s rather than 45 s
+            "--kafka-option",
+            "session.timeout.ms=6000",
+            "--kafka-option",
+            "heartbeat.interval.ms=500",
+        ])
+        .args(extra)
+        .env("LAMBDALAKE_LOG", "info")
+        .stdout(Stdio::from(file.try_clone().expect("log file")))
+        .stderr(Stdio::from(file));
+        self.logs.push(log);
+        cmd.spawn().expect("start lambdalake-speed")
+    }
+
+    /// Produce raw records (key, value) to `topic` and wait for the acknowledgements.
+    async fn produce(&mut self, topic: &str, records: &[(String, Vec<u8>)]) {
+        let batch = self.producer.batch();
+        for (i, (key, value)) in records.iter().enumerate() {
+            batch
+                .send(i, topic, key.as_bytes(), value)
+                .expect("enqueue");
+        }
+        for (_, outcome) in batch.acked().await {
+            let acked = outcome.expect("acknowledged");
+            let end = self
+                .ends
+                .entry((topic.to_owned(), acked.partition))
+                .or_insert(0);
+            *end = (*end).max(acked.offset + 1);
+        }
+    }
+
+    async fn send_sensors(&mut self, jsons: &[String]) {
+        let mut records = Vec::new();
+        for j in jsons {
+            let r = SensorReading::from_json(j.as_bytes(), &Policy::stored()).expect("valid");
+            records.push((r.device_id.as_str().to_owned(), j.clone().into_bytes()));
+            self.sensors.push(r);
+        }
+        let topic = self.sensor.clone();
+        self.produce(&topic, &records).await;
+    }
+
+    async fn send_payments(&mut self, jsons: &[String]) {
+        let mut records = Vec::new();
+        for j in jsons {
+            let p = Payment::from_json(j.as_bytes(), &Policy::stored()).expect("valid");
+            records.push((p.card_id.as_str().to_owned(), j.clone().into_bytes()));
+            self.payments.push(p);
+        }
+        let topic = self.payment.clone();
+        self.produce(&topic, &records).await;
+    }
+
+    fn con(&self) -> redis::Connection {
+        self.redis
+            .get_connection()
+            .expect("redis (is the local stack up?)")
+    }
+
+    /// Wait until every partition's stored offset reached what was produced.
+    fn wait_applied(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut con = self.con();
+        loop {
+            let behind: Vec<String> = self
+                .ends
+                .iter()
+                .filter_map(|((topic, p), end)| {
+                    let stored: Option<i64> = con
+                        .hget(self.keys.partition(topic, *p), "offset")
+                        .expect("hget");
+                    (stored.unwrap_or(0) < *end)
+                        .then(|| format!("{topic}/{p}: stored {stored:?}, produced up to {end}"))
+                })
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the speed layer did not catch up within {timeout:?}: {behind:?}; logs: {:?}",
+                self.logs
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn hash(con: &mut redis::Connection, key: &str) -> HashMap<String, String> {
+        con.hgetall(key).expect("hgetall")
+    }
+
+    fn starts(con: &mut redis::Connection, index: &str) -> Vec<i64> {
+        con.zrange(index, 0, -1).expect("zrange")
+    }
+
+    fn sensor_view(&self, view: SensorView) -> Keyed<SensorAgg> {
+        let mut con = self.con();
+        let devices: HashSet<&str> = self.sensors.iter().map(|r| r.device_id.as_str()).collect();
+        let mut out = Keyed::new();
+        for d in devices {
+            for start in Self::starts(&mut con, &self.keys.sensor_index(view, d)) {
+                let h = Self::hash(&mut con, &self.keys.sensor_window(view, d, start));
+                let w = keys::window_from_hash(&h).expect("window fields");
+                out.insert(
+                    (d.to_owned(), w),
+                    keys::sensor_agg_from_hash(&h).expect("sensor fields"),
+                );
+            }
+        }
+        out
+    }
+
+    fn card_view(&self, view: CardView) -> Keyed<CardAgg> {
+        let mut con = self.con();
+        let cards: HashSet<&str> = self.payments.iter().map(|p| p.card_id.as_str()).collect();
+        let mut out = Keyed::new();
+        for c in cards {
+            for start in Self::starts(&mut con, &self.keys.card_index(view, c)) {
+                let h = Self::hash(&mut con, &self.keys.card_window(view, c, start));
+                let m: Vec<String> = con
+                    .smembers(self.keys.card_merchants(view, c, start))
+                    .expect("smembers");
+                let k: Vec<String> = con
+                    .smembers(self.keys.card_countries(view, c, start))
+                    .expect("smembers");
+                let w = keys::window_from_hash(&h).expect("window fields");
+                out.insert(
+                    (c.to_owned(), w),
+                    keys::card_agg_from_hash(&h, m, k).expect("card fields"),
+                );
+            }
+        }
+        out
+    }
+
+    /// Every view in Redis equals the one-shot computation over `expected` events.
+    fn assert_views(&self, readings: &[SensorReading], payments: &[Payment]) {
+        for view in SensorView::ALL {
+            let got = self.sensor_view(view);
+            let want = table::sensor_windows(readings, view.spec());
+            assert_maps_eq(&got, &want, &format!("sensor view {}", view.name()));
+        }
+        let got = self.card_view(CardView::OneMinute);
+        let want = table::card_windows(payments, WindowSpec::ONE_MINUTE);
+        assert_maps_eq(&got, &want, "card 1-minute view");
+        let got = self.card_view(CardView::Session);
+        let want = table::card_sessions(payments, Sessions::CARD_GAP_MS);
+        assert_maps_eq(&got, &want, "card sessions");
+    }
+}
+
+fn assert_maps_eq<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    got: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    what: &str,
+) {
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(k)).collect();
+    let wrong: Vec<_> = want
+        .iter()
+        .filter_map(|(k, v)| got.get(k).filter(|g| *g != v).map(|g| (k, g, v)))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && wrong.is_empty(),
+        "{what}: {} windows missing {missing:?}; {} extra {extra:?}; {} wrong (key, got, want) {wrong:?}",
+        missing.len(),
+        extra.len(),
+        wrong.len()
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+fn sensor_json(id: &str, device: &str, ts: i64, t: f64, v: f64) -> String {
+    format!(
+        r#"{{"event_id":"{id}","device_id":"{device}","site":"plant-1","ts":{ts},"temperature_c":{t},"vibration_mm_s":{v}}}"#
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn payment_json(
+    id: &str,
+    card: &str,
+    ts: i64,
+    cents: i64,
+    merchant: &str,
+    mcc: u16,
+    country: &str,
+    lat: f64,
+    lon: f64,
+) -> String {
+    format!(
+        r#"{{"event_id":"{id}","txn_id":"t-{id}","card_id":"{card}","merchant_id":"{merchant}","mcc":"{mcc}","amount":{}.{:02},"currency":"EUR","country":"{country}","lat":{lat},"lon":{lon},"ts":{ts}}}"#,
+        cents / 100,
+        cents % 100
+    )
+}
+
+struct Kill(Vec<Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
+    let mut s = Setup::new();
+    // partitions without events stop holding the watermark back after 500 ms
+    let child = s.spawn(&[
+        "--reference-refresh",
+        "100ms",
+        "--idle-partition-after",
+        "500ms",
+    ]);
+    let _guard = Kill(vec![child]);
+    let t = now_ms() / 60_000 * 60_000 - 120_000; // a minute boundary, two minutes ago
+
+    // phase A, in order
+    s.send_sensors(&[
+        sensor_json("a1", "d1", t, 20.0, 1.5),
+        sensor_json("a2", "d1", t + 10_000, 22.25, 0.5),
+        sensor_json("a3", "d1", t + 65_000, 30.0, 2.0),
+        sensor_json("a4", "d2", t + 5_000, -10.5, 0.0),
+    ])
+    .await;
+    s.send_payments(&[
+        payment_json("p1", "c1", t + 1_000, 1000, "m1", 5411, "FR", 48.85, 2.35),
+        payment_json("p2", "c1", t + 2_000, 550, "m2", 5411, "FR", 48.85, 2.35),
+        payment_json("p3", "c1", t + 70_000, 725, "m1", 5411, "DE", 48.85, 2.35),
+        payment_json("p4", "c2", t + 3_000, 2000, "m3", 5411, "FR", 48.85, 2.35),
+    ])
+    .await;
+    s.wait_applied(Duration::from_secs(60));
+    // every partition idle: the watermark is the largest partition's (t + 65 s − 30 s)
+    std::thread::sleep(Duration::from_secs(1));
+
+    // phase B: an exact copy of an applied event, two copies in one batch, an out-of-order
+    // event within the allowed lateness, one far behind the watermark, an invalid record, an
+    // overheating reading and an impossible journey
+    let late = sensor_json("late1", "d1", t - 10 * 60_000, 50.0, 1.0);
+    s.send_sensors(&[
+        sensor_json("a3", "d1", t + 65_000, 30.0, 2.0),
+        sensor_json("b1", "d1", t + 50_000, 19.5, 3.0),
+        sensor_json("b1", "d1", t + 50_000, 19.5, 3.0),
+        sensor_json("b2", "d2", t + 40_000, 95.0, 0.1),
+    ])
+    .await;
+    let late_reading = SensorReading::from_json(late.as_bytes(), &Policy::stored()).unwrap();
+    s.produce(&s.sensor.clone(), &[("d1".to_owned(), late.into_bytes())])
+        .await;
+    s.produce(
+        &s.sensor.clone(),
+        &[("d1".to_owned(), b"{not json".to_vec())],
+    )
+    .await;
+    s.send_payments(&[payment_json(
+        "p6",
+        "c2",
+        t + 90_000,
+        3000,
+        "m4",
+        5411,
+        "US",
+        40.71,
+        -74.0,
+    )])
+    .await;
+    s.wait_applied(Duration::from_secs(60));
+
+    // the late event is not in the views: it is on the late-events topic
+    assert!(!s.sensors.contains(&late_reading));
+    let late_records = read_topic(&s.late, 1, Duration::from_millis(500));
+    assert_eq!(late_records.len(), 1, "{late_records:?}");
+    let l = &late_records[0].value;
+    assert_eq!(l["event"]["event_id"], "late1");
+    assert_eq!(l["reason"], "behind_watermark");
+    assert!(l["lateness_ms"].as_i64().unwrap() > 0, "{l}");
+    let dead = read_topic(&s.dead, 1, Duration::from_millis(500));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value["payload"], "{not json");
+    assert_eq!(dead[0].value["error"]["code"], "invalid_json");
+
+    // alerts: the overheating reading and the impossible journey, in Redis and on the topic
+    let mut con = s.con();
+    let stored: Vec<String> = con.zrange(s.keys.alerts(), 0, -1).unwrap();
+    let stored: Vec<serde_json::Value> = stored
+        .iter()
+        .map(|a| serde_json::from_str(a).unwrap())
+        .collect();
+    let ids: HashSet<&str> = stored
+        .iter()
+        .filter_map(|a| a["alert_id"].as_str())
+        .collect();
+    assert_eq!(ids, HashSet::from(["sensor:b2", "fraud:p6"]), "{stored:?}");
+    let fraud = stored.iter().find(|a| a["kind"] == "fraud").unwrap();
+    assert_eq!(fraud["model_version"], "rules");
+    assert!(
+        fraud["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&"impossible_travel".into())
+    );
+    assert!(fraud["features"]["travel_kmh"].as_f64().unwrap() > 900.0);
+    assert_eq!(fraud["event"]["event_id"], "p6");
+    let on_topic = read_topic(&s.alerts, 2, Duration::from_millis(500));
+    assert_eq!(on_topic.len(), 2);
+
+    // every view key expires
+    let ttl: i64 = con
+        .pttl(s.keys.sensor_window(SensorView::OneMinute, "d1", t))
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 2 * 3_600_000, "ttl {ttl}");
+
+    // a model published by the batch layer is picked up without a restart
+    let model = r#"{"version":"it-model-7","bias":8.0,"weights":[0,0,0,0,0]}"#;
+    let () = con.set(s.keys.model(), model).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.send_payments(&[payment_json(
+        "p7",
+        "c3",
+        t + 95_000,
+        500,
+        "m1",
+        5411,
+        "FR",
+        48.85,
+        2.35,
+    )])
+    .await;
+    s.wait_applied(Duration::from_secs(30));
+    let stored: Vec<String> = con.zrange(s.keys.alerts(), 0, -1).unwrap();
+    let p7 = stored
+        .iter()
+        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap())
+        .find(|a| a["alert_id"] == "fraud:p7")
+        .expect("the new model scores p7 over the threshold");
+    assert_eq!(p7["model_version"], "it-model-7");
+
+    // 45 minutes later: a second session of c1
+    s.send_payments(&[payment_json(
+        "p5",
+        "c1",
+        t + 70_000 + 45 * 60_000,
+        100,
+        "m9",
+        5411,
+        "FR",
+        48.85,
+        2.35,
+    )])
+    .await;
+    s.wait_applied(Duration::from_secs(30));
+    s.assert_views(&s.sensors.clone(), &s.payments.clone());
+    let sessions = s.card_view(CardView::Session);
+    assert_eq!(sessions.keys().filter(|(c, _)| c == "c1").count(), 2);
+}
+
+/// A generated stream: `n` events over `devices` devices and cards, event time advancing 20 ms
+/// per event with up to ±2 s of disorder, and `dup_share` exact copies re-sent a little later.
+fn stream(n: usize, keys: usize, dup_share: f64) -> (Vec<String>, Vec<String>) {
+    let mut rng = rand::rng();
+    let t0 = now_ms() - 600_000;
+    let (mut sensors, mut payments) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let ts = t0 + i as i64 * 20 + rng.random_range(-2_000..2_000);
+        let k = rng.random_range(0..keys);
+        if i % 2 == 0 {
+            let t = f64::from(rng.random_range(-500..1500)) / 100.0;
+            let v = f64::from(rng.random_range(0..2000)) / 1000.0;
+            sensors.push(sensor_json(&format!("s{i}"), &format!("d{k}"), ts, t, v));
+        } else {
+            let cents = rng.random_range(100..50_000);
+            let country = ["FR", "DE", "ES"][rng.random_range(0..3)];
+            payments.push(payment_json(
+                &format!("p{i}"),
+                &format!("c{k}"),
+                ts,
+                cents,
+                &format!("m{}", rng.random_range(0..20)),
+                5411,
+                country,
+                48.0,
+                2.0,
+            ));
+        }
+    }
+    // copies, re-sent up to 100 events later
+    for list in [&mut sensors, &mut payments] {
+        let copies = (list.len() as f64 * dup_share) as usize;
+        for _ in 0..copies {
+            let at = rng.random_range(0..list.len());
+            let copy = list[at].clone();
+            let to = (at + rng.random_range(1..100)).min(list.len());
+            list.insert(to, copy);
+        }
+    }
+    (sensors, payments)
+}
+
+/// Send the stream in chunks while `during` runs; returns when all is sent.
+async fn send_stream(
+    s: &mut Setup,
+    sensors: &[String],
+    payments: &[String],
+    chunk: usize,
+    pause: Duration,
+) {
+    for (a, b) in sensors.chunks(chunk).zip(payments.chunks(chunk)) {
+        s.send_sensors(a).await;
+        s.send_payments(b).await;
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
+    let mut s = Setup::new();
+    let (sensors, payments) = stream(24_000, 40, 0.05);
+    let mut child = s.spawn(&[]);
+    let mut kills = 0;
+    let mut rng = rand::rng();
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.random_range(1_500..3_500));
+    let chunks: Vec<(&[String], &[String])> =
+        sensors.chunks(200).zip(payments.chunks(200)).collect();
+    let mut sent = 0;
+    while sent < chunks.len() || kills < 5 {
+        if sent < chunks.len() {
+            s.send_sensors(chunks[sent].0).await;
+            s.send_payments(chunks[sent].1).await;
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() >= next_kill {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+            kills += 1;
+            child = s.spawn(&[]);
+            next_kill = Instant::now() + Duration::from_millis(rng.random_range(1_500..4_000));
+        }
+    }
+    let _guard = Kill(vec![child]);
+    s.wait_applied(Duration::from_secs(120));
+    assert!(kills >= 5);
+    s.assert_views(&s.sensors.clone(), &s.payments.clone());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_split_the_partitions_and_one_takes_over_after_a_kill() {
+    let mut s = Setup::new();
+    let (sensors, payments) = stream(12_000, 40, 0.02);
+    let mut a = s.spawn(&[]);
+    let b = s.spawn(&[]);
+    let _guard = Kill(vec![b]);
+    let half = sensors.len() / 2;
+    send_stream(
+        &mut s,
+        &sensors[..half],
+        &payments[..half],
+        200,
+        Duration::from_millis(100),
+    )
+    .await;
+    // both instances hold partitions: each applied something
+    s.wait_applied(Duration::from_secs(60));
+    let logs: Vec<String> = s
+        .logs
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect();
+    for (i, log) in logs.iter().enumerate() {
+        assert!(
+            log.contains("partitions assigned"),
+            "instance {i} got no partition: {log}"
+        );
+    }
+    a.kill().expect("SIGKILL");
+    a.wait().expect("reaped");
+    send_stream(
+        &mut s,
+        &sensors[half..],
+        &payments[half..],
+        200,
+        Duration::from_millis(50),
+    )
+    .await;
+    s.wait_applied(Duration::from_secs(90));
+    s.assert_views(&s.sensors.clone(), &s.payments.clone());
+}
