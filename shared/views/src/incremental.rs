@@ -141,14 +141,14 @@ impl Operator {
     pub fn push_sensor(&mut self, partition: i32, r: &SensorReading, now_ms: i64) -> Outcome {
         let outcome = self.readings.admit(partition, &r.event_id, r.ts, now_ms);
         if outcome == Outcome::Applied {
-            let agg = SensorAgg::of(r);
+            let spec = self.views.sensor;
             let device = r.device_id.as_str();
             table::fold(
                 &mut self.sensor_windows,
                 device,
-                self.views.sensor,
+                spec,
                 r.ts,
-                &agg,
+                SensorAgg::of(r),
             );
         }
         outcome
@@ -160,7 +160,13 @@ impl Operator {
         if outcome == Outcome::Applied {
             let agg = CardAgg::of(p);
             let card = p.card_id.as_str();
-            table::fold(&mut self.card_windows, card, self.views.card, p.ts, &agg);
+            table::fold(
+                &mut self.card_windows,
+                card,
+                self.views.card,
+                p.ts,
+                agg.clone(),
+            );
             self.card_sessions
                 .entry(card.to_owned())
                 .or_insert_with(|| SessionAggs::new(self.views.card_session_gap_ms))

@@ -33,7 +33,7 @@ pub fn sensor_windows(readings: &[SensorReading], spec: WindowSpec) -> Keyed<Sen
             r.device_id.as_str(),
             spec,
             r.ts,
-            &SensorAgg::of(r),
+            SensorAgg::of(r),
         );
     }
     view
@@ -43,7 +43,7 @@ pub fn sensor_windows(readings: &[SensorReading], spec: WindowSpec) -> Keyed<Sen
 pub fn card_windows(payments: &[Payment], spec: WindowSpec) -> Keyed<CardAgg> {
     let mut view = Keyed::new();
     for p in dedupe(payments) {
-        fold(&mut view, p.card_id.as_str(), spec, p.ts, &CardAgg::of(p));
+        fold(&mut view, p.card_id.as_str(), spec, p.ts, CardAgg::of(p));
     }
     view
 }
@@ -74,20 +74,28 @@ pub fn card_sessions(payments: &[Payment], gap_ms: i64) -> Keyed<CardAgg> {
 }
 
 /// Add one event's aggregate to every window of `spec` it belongs to: the per-event update of
-/// the speed layer, which applied to a whole table gives the functions above.
+/// the speed layer, which applied to a whole table gives the functions above. `agg` is cloned
+/// for all windows but the last, which takes it.
 pub(crate) fn fold<A: Merge + Clone>(
     view: &mut Keyed<A>,
     key: &str,
     spec: WindowSpec,
     ts: EventTime,
-    agg: &A,
+    agg: A,
 ) {
-    for w in spec.assign(ts) {
+    let mut windows = spec.assign(ts).peekable();
+    let mut agg = Some(agg);
+    while let Some(w) = windows.next() {
+        let this = match windows.peek() {
+            Some(_) => agg.clone(),
+            None => agg.take(),
+        };
+        let Some(this) = this else { return };
         match view.entry((key.to_owned(), w)) {
             Entry::Vacant(v) => {
-                v.insert(agg.clone());
+                v.insert(this);
             }
-            Entry::Occupied(mut o) => o.get_mut().merge(agg),
+            Entry::Occupied(mut o) => o.get_mut().merge(&this),
         }
     }
 }

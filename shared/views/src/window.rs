@@ -55,7 +55,7 @@ impl WindowSpec {
     }
 }
 
-/// Session windows of one key: events closer than `gap_ms` belong to one session, which spans
+/// Session windows of one key: events at most `gap_ms` apart belong to one session, which spans
 /// `[first event, last event + gap)`. Sessions merge when a (late) event bridges two of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sessions {
@@ -135,25 +135,32 @@ impl<A: crate::aggregate::Merge> SessionAggs<A> {
     }
 
     /// Add a partial session; returns the session it now belongs to (after any merge).
-    pub fn add(&mut self, window: Window, mut agg: A) -> Window {
-        let mut merged = window;
-        let mut kept = Vec::with_capacity(self.sessions.len() + 1);
-        let mut absorbed: Vec<A> = Vec::new();
-        for (w, a) in self.sessions.drain(..) {
-            if w.start <= merged.end && merged.start <= w.end {
-                merged.start = merged.start.min(w.start);
-                merged.end = merged.end.max(w.end);
-                absorbed.push(a);
-            } else {
-                kept.push((w, a));
-            }
+    ///
+    /// The stored sessions are disjoint, sorted and none touches the next, so the ones `window`
+    /// overlaps or touches are a contiguous run, found by binary search. The run and `agg` are
+    /// merged into the run's first aggregate in place: adding an event to a session costs the
+    /// event's aggregate, not a copy of the session's.
+    pub fn add(&mut self, window: Window, agg: A) -> Window {
+        debug_assert!(window.start <= window.end, "{window:?}");
+        let first = self.sessions.partition_point(|(w, _)| w.end < window.start);
+        let last = self
+            .sessions
+            .partition_point(|(w, _)| w.start <= window.end);
+        if first == last {
+            self.sessions.insert(first, (window, agg));
+            return window;
         }
-        for a in &absorbed {
-            agg.merge(a);
+        let (head, run) = self.sessions[first..last].split_at_mut(1);
+        let (merged, into) = &mut head[0];
+        merged.start = merged.start.min(window.start);
+        merged.end = merged.end.max(window.end);
+        into.merge(&agg);
+        for (w, a) in run.iter() {
+            merged.end = merged.end.max(w.end);
+            into.merge(a);
         }
-        let at = kept.partition_point(|(w, _)| w.start < merged.start);
-        kept.insert(at, (merged, agg));
-        self.sessions = kept;
+        let merged = *merged;
+        self.sessions.drain(first + 1..last);
         merged
     }
 
@@ -174,6 +181,17 @@ mod tests {
 
     fn t(ms: i64) -> EventTime {
         EventTime::from_millis_unchecked(ms)
+    }
+
+    /// The event times a session holds, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Members(Vec<i64>);
+
+    impl crate::aggregate::Merge for Members {
+        fn merge(&mut self, other: &Self) {
+            self.0.extend(&other.0);
+            self.0.sort_unstable();
+        }
     }
 
     #[test]
@@ -232,6 +250,39 @@ mod tests {
             prop_assert!(after > ts);
             // tumbling: exactly one
             prop_assert_eq!(WindowSpec::Tumbling { size_ms: size }.assign(t(ts)).count(), 1);
+        }
+
+        #[test]
+        fn session_aggregates_hold_exactly_their_events_in_any_order(
+            times in prop::collection::vec(0i64..10_000, 1..60),
+            gap in 1i64..500,
+            split in 0usize..60,
+        ) {
+            // arrival order, and the same events in two partial batches merged (a micro-batch)
+            let mut a = SessionAggs::new(gap);
+            for &x in &times { a.add_event(t(x), Members(vec![x])); }
+            let split = split % times.len();
+            let mut b = SessionAggs::new(gap);
+            let mut batch = SessionAggs::new(gap);
+            for &x in &times[..split] { b.add_event(t(x), Members(vec![x])); }
+            for &x in &times[split..] { batch.add_event(t(x), Members(vec![x])); }
+            for (w, m) in batch.into_sessions() { b.add(w, m); }
+            prop_assert_eq!(&a, &b);
+
+            // a sweep in time order: an event at most `gap` after the previous continues its session
+            let mut sorted = times.clone();
+            sorted.sort_unstable();
+            let mut expected: Vec<(Window, Members)> = Vec::new();
+            for x in sorted {
+                match expected.last_mut() {
+                    Some((w, m)) if x <= w.end.millis() => {
+                        w.end = t(w.end.millis().max(x + gap));
+                        m.0.push(x);
+                    }
+                    _ => expected.push((Window { start: t(x), end: t(x + gap) }, Members(vec![x]))),
+                }
+            }
+            prop_assert_eq!(a.sessions(), &expected[..]);
         }
 
         #[test]
