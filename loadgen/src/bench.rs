@@ -26,6 +26,9 @@ use crate::workload::Workload;
 pub enum BenchCommand {
     /// Ingest throughput (NDJSON batches over HTTP → Kafka acks) vs a plain rdkafka producer.
     Ingest(IngestBenchArgs),
+    /// Speed layer: consumption rate from a pre-filled topic into Redis vs a plain consumer, and
+    /// freshness (ingest acknowledgement → window visible in Redis) at a steady rate.
+    Speed(crate::bench_speed::SpeedBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -68,14 +71,15 @@ pub struct IngestBenchArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Speed(args) => crate::bench_speed::run(args).await,
     }
 }
 
 #[derive(Serialize)]
-struct Throughput {
-    events: u64,
-    seconds: f64,
-    events_per_second: f64,
+pub(crate) struct Throughput {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
 }
 
 #[derive(Serialize)]
@@ -101,10 +105,10 @@ struct Latency {
 
 /// One pre-built request: the kind's path and the NDJSON body, with each line's key for the raw
 /// producer.
-struct Batch {
-    path: &'static str,
-    body: Vec<u8>,
-    keys: Vec<(String, std::ops::Range<usize>)>,
+pub(crate) struct Batch {
+    pub path: &'static str,
+    pub body: Vec<u8>,
+    pub keys: Vec<(String, std::ops::Range<usize>)>,
 }
 
 fn build_batches(events: usize, batch: usize, seed: u64) -> Vec<Batch> {
@@ -165,7 +169,7 @@ impl ProducerContext for Ctx {
 }
 
 /// A plain rdkafka producer loop with the same idempotent `acks=all` configuration ingest uses.
-fn raw_producer(
+pub(crate) fn raw_producer(
     config: ClientConfig,
     topics: [String; 2],
     batches: &[Batch],
@@ -376,7 +380,7 @@ async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

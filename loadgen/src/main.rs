@@ -6,6 +6,7 @@
 )]
 
 mod bench;
+mod bench_speed;
 mod sample;
 mod workload;
 

@@ -329,7 +329,7 @@ impl Pipeline {
             },
         );
         match st.max_ts {
-            Some(max_ts) => self.watermarks[ti].observe(p, max_ts, now),
+            Some(max_ts) => self.watermarks[ti].restore(p, max_ts, now),
             None => self.watermarks[ti].assign(p, now),
         }
         if ti == PAYMENTS {

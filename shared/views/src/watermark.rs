@@ -10,7 +10,11 @@
 //! watermark. A partition that is assigned ([`Watermarks::assign`]) but has not received an
 //! event yet holds the watermark where it is until it goes idle: its first events may be older
 //! than the other partitions'. A partition never assigned nor observed does not count.
-//! The watermark never goes backwards.
+//! The watermark never goes backwards while the assignment stays the same. When partitions are
+//! assigned or revoked ([`Watermarks::assign`], [`Watermarks::restore`], [`Watermarks::remove`]),
+//! it is recomputed from the partitions now assigned and may go back — a partition taken over
+//! from a failed instance brings its backlog; the speed layer keeps a stored per-partition floor
+//! so that no partition's own watermark ever goes back.
 
 use std::collections::HashMap;
 
@@ -41,6 +45,14 @@ impl Watermarks {
     /// goes idle, it holds the watermark back.
     pub fn assign(&mut self, partition: i32, now_ms: i64) {
         self.partitions.entry(partition).or_insert((None, now_ms));
+        self.current = None;
+    }
+
+    /// A partition was assigned with the largest event time it had seen before (restored from
+    /// storage): it counts as active from `now_ms`.
+    pub fn restore(&mut self, partition: i32, max_ts_ms: i64, now_ms: i64) {
+        self.partitions.insert(partition, (Some(max_ts_ms), now_ms));
+        self.current = None;
     }
 
     /// Record an event of `partition` with event time `ts_ms`, seen at processing time `now_ms`.
@@ -52,7 +64,9 @@ impl Watermarks {
 
     /// Forget a partition (revoked in a rebalance).
     pub fn remove(&mut self, partition: i32) {
-        self.partitions.remove(&partition);
+        if self.partitions.remove(&partition).is_some() {
+            self.current = None;
+        }
     }
 
     /// The operator watermark at processing time `now_ms` (epoch ms), if any event was seen.
@@ -121,14 +135,27 @@ mod tests {
         );
         w.observe(1, 90_000, 2_000);
         assert_eq!(w.watermark(2_000), Some(60_000));
-        // a third partition assigned later holds it where it is, then goes idle
+        // a third partition assigned later: the assignment changed, and it holds the
+        // watermark back until it goes idle
         w.assign(2, 3_000);
         w.observe(0, 200_000, 4_000);
         w.observe(1, 200_000, 4_000);
-        assert_eq!(w.watermark(4_000), Some(60_000));
+        assert_eq!(w.watermark(4_000), None);
         w.observe(0, 200_000, 13_500);
         w.observe(1, 200_000, 13_500);
         assert_eq!(w.watermark(13_500), Some(170_000));
+    }
+
+    #[test]
+    fn a_new_assignment_recomputes_the_watermark() {
+        let mut w = Watermarks::new(30_000, 10_000);
+        w.observe(0, 500_000, 0);
+        assert_eq!(w.watermark(0), Some(470_000));
+        // partition 1 taken over from a failed instance, behind
+        w.restore(1, 200_000, 1_000);
+        assert_eq!(w.watermark(1_000), Some(170_000));
+        w.remove(1);
+        assert_eq!(w.watermark(1_000), Some(470_000));
     }
 
     #[test]
