@@ -2,14 +2,14 @@
 //! this test binary; `infra/local/test` builds it) against views with a known answer, SIGKILLs,
 //! and two instances in one group.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lambdalake_events::{Event, Payment, Policy, SensorReading};
 use lambdalake_kafka::{KafkaArgs, Producer, ProducerArgs};
-use lambdalake_views::keys::{self, CardView, Keys, SensorView};
+use lambdalake_views::keys::{CardView, Keys, SensorView, StoredCard, StoredSensor};
 use lambdalake_views::table::{self, Keyed};
 use lambdalake_views::{CardAgg, SensorAgg, Sessions, WindowSpec};
 use rand::Rng;
@@ -67,6 +67,8 @@ struct Setup {
     /// Every event sent, decoded as the speed layer decodes it.
     sensors: Vec<SensorReading>,
     payments: Vec<Payment>,
+    /// Readings sent that must not be counted (late), to look for them in Redis too.
+    unapplied_sensors: Vec<SensorReading>,
     logs: Vec<PathBuf>,
 }
 
@@ -88,6 +90,7 @@ impl Setup {
             ends: HashMap::new(),
             sensors: Vec::new(),
             payments: Vec::new(),
+            unapplied_sensors: Vec::new(),
             logs: Vec::new(),
         }
     }
@@ -204,26 +207,42 @@ impl Setup {
         }
     }
 
-    fn hash(con: &mut redis::Connection, key: &str) -> HashMap<String, String> {
-        con.hgetall(key).expect("hgetall")
+    /// Every key an event sent (applied or not) could have written, for the kind of view.
+    fn candidates(&self, pattern: &str) -> Vec<String> {
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        let readings = self.sensors.iter().chain(&self.unapplied_sensors);
+        for r in readings {
+            for view in SensorView::ALL {
+                for w in view.spec().assign(r.ts) {
+                    keys.insert(self.keys.sensor_windows(view, w.start.millis()));
+                }
+            }
+        }
+        for p in &self.payments {
+            for w in WindowSpec::ONE_MINUTE.assign(p.ts) {
+                keys.insert(self.keys.card_windows(w.start.millis()));
+            }
+            keys.insert(self.keys.card_sessions(p.card_id.as_str()));
+        }
+        let prefix = pattern.trim_end_matches('*');
+        keys.into_iter().filter(|k| k.starts_with(prefix)).collect()
     }
 
-    fn starts(con: &mut redis::Connection, index: &str) -> Vec<i64> {
-        con.zrange(index, 0, -1).expect("zrange")
-    }
-
+    /// Every window of a sensor view in Redis, whatever its key.
     fn sensor_view(&self, view: SensorView) -> Keyed<SensorAgg> {
         let mut con = self.con();
-        let devices: HashSet<&str> = self.sensors.iter().map(|r| r.device_id.as_str()).collect();
+        let pattern = format!("{}:v:sensor:{}:*", self.prefix, view.name());
         let mut out = Keyed::new();
-        for d in devices {
-            for start in Self::starts(&mut con, &self.keys.sensor_index(view, d)) {
-                let h = Self::hash(&mut con, &self.keys.sensor_window(view, d, start));
-                let w = keys::window_from_hash(&h).expect("window fields");
-                out.insert(
-                    (d.to_owned(), w),
-                    keys::sensor_agg_from_hash(&h).expect("sensor fields"),
+        for key in self.candidates(&pattern) {
+            let fields: HashMap<String, String> = con.hgetall(&key).expect("hgetall");
+            for (device, json) in fields {
+                let s: StoredSensor = serde_json::from_str(&json).expect("stored sensor window");
+                assert_eq!(
+                    key,
+                    self.keys.sensor_windows(view, s.start),
+                    "window in the wrong hash"
                 );
+                out.insert((device, s.window()), s.agg());
             }
         }
         out
@@ -231,22 +250,25 @@ impl Setup {
 
     fn card_view(&self, view: CardView) -> Keyed<CardAgg> {
         let mut con = self.con();
-        let cards: HashSet<&str> = self.payments.iter().map(|p| p.card_id.as_str()).collect();
+        let pattern = format!("{}:v:card:{}:*", self.prefix, view.name());
         let mut out = Keyed::new();
-        for c in cards {
-            for start in Self::starts(&mut con, &self.keys.card_index(view, c)) {
-                let h = Self::hash(&mut con, &self.keys.card_window(view, c, start));
-                let m: Vec<String> = con
-                    .smembers(self.keys.card_merchants(view, c, start))
-                    .expect("smembers");
-                let k: Vec<String> = con
-                    .smembers(self.keys.card_countries(view, c, start))
-                    .expect("smembers");
-                let w = keys::window_from_hash(&h).expect("window fields");
-                out.insert(
-                    (c.to_owned(), w),
-                    keys::card_agg_from_hash(&h, m, k).expect("card fields"),
-                );
+        for key in self.candidates(&pattern) {
+            let fields: HashMap<String, String> = con.hgetall(&key).expect("hgetall");
+            for (field, json) in fields {
+                let s: StoredCard = serde_json::from_str(&json).expect("stored card window");
+                let card = match view {
+                    CardView::OneMinute => {
+                        assert_eq!(key, self.keys.card_windows(s.start));
+                        field
+                    }
+                    CardView::Session => {
+                        assert_eq!(field, s.start.to_string());
+                        key.strip_prefix(&format!("{}:v:card:session:", self.prefix))
+                            .expect("session key")
+                            .to_owned()
+                    }
+                };
+                out.insert((card, s.window()), s.agg());
             }
         }
         out
@@ -375,6 +397,7 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
     ])
     .await;
     let late_reading = SensorReading::from_json(late.as_bytes(), &Policy::stored()).unwrap();
+    s.unapplied_sensors.push(late_reading.clone());
     s.produce(&s.sensor.clone(), &[("d1".to_owned(), late.into_bytes())])
         .await;
     s.produce(
@@ -436,7 +459,7 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
 
     // every view key expires
     let ttl: i64 = con
-        .pttl(s.keys.sensor_window(SensorView::OneMinute, "d1", t))
+        .pttl(s.keys.sensor_windows(SensorView::OneMinute, t))
         .unwrap();
     assert!(ttl > 0 && ttl <= 2 * 3_600_000, "ttl {ttl}");
 

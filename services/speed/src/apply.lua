@@ -1,11 +1,13 @@
 -- lambdalake speed layer: apply one micro-batch of one partition, atomically.
 --
 -- Either every view update of the batch and the partition's new offset are written, or nothing
--- is. The batch covers offsets [first, next). It is refused when the stored offset shows it was
+-- is. The caller computed the new value of every window and session the batch touched (it keeps
+-- the partition's state); the script writes them, so Redis spends one command per hash, not per
+-- event. The batch covers offsets [first, next). It is refused when the stored offset shows it was
 -- already applied ('skip'), when it overlaps what was applied ('mismatch': the caller seeks to the
 -- stored offset), or when one of its event ids was already counted ('dup': the caller drops those
--- events and sends the batch again). Keys are built by the caller (lambdalake_views::keys), except
--- the session and dedupe keys whose start / minute the script decides, built from the bases given.
+-- events and sends the batch again). Keys are built by the caller (lambdalake_views::keys); the
+-- dedupe sets are `{seen_base}:{minute}`.
 --
 -- ARGV is read in order; see services/speed/src/apply.rs, which writes it.
 
@@ -34,8 +36,8 @@ end
 local part = nxt()
 local first = num()
 local next_off = num()
-local max_ts = num()
-local wm = num()
+local max_ts = num() -- nil when the batch had no live event
+local wm = num()     -- nil before the first watermark
 local now = nxt()
 local ttl = num()
 local seen_base = nxt()
@@ -75,126 +77,32 @@ for _, b in ipairs(buckets) do
   redis.call('ZADD', seen_base, b[2], b[2])
 end
 
--- 2. sensor windows: key, index, start, end, count, t_sum, t_min, t_max, v_sum, v_min, v_max
+-- 2. hash writes (new values of windows and sessions): key, n, then n field/value pairs
 for _ = 1, num() do
-  local key, idx, start, stop = nxt(), nxt(), nxt(), nxt()
-  local count, t_sum, t_min, t_max = nxt(), nxt(), nxt(), nxt()
-  local v_sum, v_min, v_max = nxt(), nxt(), nxt()
-  local cur = redis.call('HMGET', key, 't_min', 't_max', 'v_min', 'v_max')
-  local f = {'start', start, 'end', stop}
-  if not cur[1] or tonumber(t_min) < tonumber(cur[1]) then f[#f + 1] = 't_min'; f[#f + 1] = t_min end
-  if not cur[2] or tonumber(t_max) > tonumber(cur[2]) then f[#f + 1] = 't_max'; f[#f + 1] = t_max end
-  if not cur[3] or tonumber(v_min) < tonumber(cur[3]) then f[#f + 1] = 'v_min'; f[#f + 1] = v_min end
-  if not cur[4] or tonumber(v_max) > tonumber(cur[4]) then f[#f + 1] = 'v_max'; f[#f + 1] = v_max end
-  redis.call('HSET', key, unpack(f))
-  redis.call('HINCRBY', key, 'count', count)
-  redis.call('HINCRBY', key, 't_sum', t_sum)
-  redis.call('HINCRBY', key, 'v_sum', v_sum)
-  redis.call('PEXPIRE', key, ttl)
-  redis.call('ZADD', idx, start, start)
-  redis.call('PEXPIRE', idx, ttl)
-end
-
-local function read_set()
-  local n = num()
-  local s = {}
-  for k = 1, n do s[k] = nxt() end
-  return s
-end
-
-local function add_set(key, members)
-  if #members > 0 then
-    chunked('SADD', key, members)
-    redis.call('PEXPIRE', key, ttl)
-  end
-end
-
--- 3. card windows: key, merchants key, countries key, index, start, end, count, sum, max,
---    merchants, countries
-for _ = 1, num() do
-  local key, mkey, ckey, idx = nxt(), nxt(), nxt(), nxt()
-  local start, stop, count, sum, max = nxt(), nxt(), nxt(), nxt(), nxt()
-  local merchants, countries = read_set(), read_set()
-  local cur = redis.call('HGET', key, 'amount_max')
-  if not cur or tonumber(max) > tonumber(cur) then
-    redis.call('HSET', key, 'start', start, 'end', stop, 'amount_max', max)
-  end
-  redis.call('HINCRBY', key, 'count', count)
-  redis.call('HINCRBY', key, 'amount_sum', sum)
-  redis.call('PEXPIRE', key, ttl)
-  add_set(mkey, merchants)
-  add_set(ckey, countries)
-  redis.call('ZADD', idx, start, start)
-  redis.call('PEXPIRE', idx, ttl)
-end
-
--- 4. card sessions: per card: index, window base, merchants base, countries base, suffix, then
---    partial sessions (start, end, count, sum, max, merchants, countries). A partial session
---    merges with every stored session it overlaps or touches (s.start <= end and start <= s.end).
-for _ = 1, num() do
-  local idx, wbase, mbase, cbase, suffix = nxt(), nxt(), nxt(), nxt(), nxt()
-  for _ = 1, num() do
-    local start, stop = num(), num()
-    local count, sum, max = num(), num(), num()
-    local merchants, countries = read_set(), read_set()
-    -- stored sessions are disjoint and sorted: walk back from the last one starting <= stop
-    local absorbed = {}
-    local cands = redis.call('ZREVRANGEBYSCORE', idx, stop, '-inf')
-    for _, st in ipairs(cands) do
-      local h = wbase .. st .. suffix
-      local v = redis.call('HMGET', h, 'end', 'count', 'amount_sum', 'amount_max')
-      if not v[1] then
-        redis.call('ZREM', idx, st) -- expired
-      else
-        local en = tonumber(v[1])
-        if en < start then break end
-        absorbed[#absorbed + 1] = st
-        start = math.min(start, tonumber(st))
-        stop = math.max(stop, en)
-        count = count + tonumber(v[2])
-        sum = sum + tonumber(v[3])
-        max = math.max(max, tonumber(v[4]))
-      end
-    end
-    local s = string.format('%d', start)
-    local h, mk, ck = wbase .. s .. suffix, mbase .. s .. suffix, cbase .. s .. suffix
-    for _, st in ipairs(absorbed) do
-      if st ~= s then
-        local om, oc = mbase .. st .. suffix, cbase .. st .. suffix
-        redis.call('SUNIONSTORE', mk, mk, om)
-        redis.call('SUNIONSTORE', ck, ck, oc)
-        redis.call('DEL', wbase .. st .. suffix, om, oc)
-        redis.call('ZREM', idx, st)
-      end
-    end
-    redis.call('HSET', h, 'start', s, 'end', string.format('%d', stop),
-      'count', string.format('%d', count), 'amount_sum', string.format('%d', sum),
-      'amount_max', string.format('%d', max))
-    redis.call('PEXPIRE', h, ttl)
-    add_set(mk, merchants)
-    add_set(ck, countries)
-    redis.call('PEXPIRE', mk, ttl)
-    redis.call('PEXPIRE', ck, ttl)
-    redis.call('ZADD', idx, s, s)
-  end
-  redis.call('PEXPIRE', idx, ttl)
-end
-
--- 5. card fraud history: key, cut (entries before it are dropped), entries (score, member)
-for _ = 1, num() do
-  local key, cut = nxt(), nxt()
+  local key = nxt()
   local n = num()
   local args = {}
-  for k = 1, n do
-    args[#args + 1] = nxt()
-    args[#args + 1] = nxt()
-  end
-  chunked('ZADD', key, args)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cut)
+  for k = 1, 2 * n do args[k] = nxt() end
+  chunked('HSET', key, args)
   redis.call('PEXPIRE', key, ttl)
 end
 
--- 6. alerts: key, kept, entries (score, json)
+-- 3. hash field deletes (sessions merged into another): key, n, fields
+for _ = 1, num() do
+  local key = nxt()
+  local n = num()
+  local fields = {}
+  for k = 1, n do fields[k] = nxt() end
+  chunked('HDEL', key, fields)
+end
+
+-- 4. string writes (fraud histories): key, value
+for _ = 1, num() do
+  local key, value = nxt(), nxt()
+  redis.call('SET', key, value, 'PX', ttl)
+end
+
+-- 5. alerts: key, kept, entries (score, json)
 local akey, kept = nxt(), num()
 local n_alerts = num()
 if n_alerts > 0 then
@@ -207,13 +115,25 @@ if n_alerts > 0 then
   redis.call('ZREMRANGEBYRANK', akey, 0, -(kept + 1))
 end
 
--- 7. the partition's state; dedupe sets wholly behind the watermark can no longer be needed
-local old_wm = tonumber(redis.call('HGET', part, 'watermark') or wm)
-local old_max = tonumber(redis.call('HGET', part, 'max_ts') or max_ts)
-wm = math.max(wm, old_wm)
-max_ts = math.max(max_ts, old_max)
-redis.call('HSET', part, 'offset', string.format('%d', next_off),
-  'max_ts', string.format('%d', max_ts), 'watermark', string.format('%d', wm), 'updated_ms', now)
+-- 6. the partition's state; dedupe sets wholly behind the watermark can no longer be needed
+local function maxn(a, b)
+  if a == nil then return b end
+  if b == nil then return a end
+  return math.max(a, b)
+end
+wm = maxn(wm, tonumber(redis.call('HGET', part, 'watermark') or ''))
+max_ts = maxn(max_ts, tonumber(redis.call('HGET', part, 'max_ts') or ''))
+local state = {'offset', string.format('%d', next_off), 'updated_ms', now}
+if max_ts then
+  state[#state + 1] = 'max_ts'
+  state[#state + 1] = string.format('%d', max_ts)
+end
+if wm then
+  state[#state + 1] = 'watermark'
+  state[#state + 1] = string.format('%d', wm)
+end
+redis.call('HSET', part, unpack(state))
+if not wm then return {'ok'} end
 local behind = string.format('(%d', math.floor(wm / 60000))
 for _, minute in ipairs(redis.call('ZRANGEBYSCORE', seen_base, '-inf', behind)) do
   redis.call('DEL', seen_base .. ':' .. minute)

@@ -3,10 +3,12 @@
 
 use std::sync::LazyLock;
 
-use lambdalake_views::keys::{CardView, Keys};
+use std::collections::BTreeMap;
+
+use lambdalake_views::keys::{Keys, StoredCard, StoredSensor};
 use redis::{Script, Value};
 
-use crate::plan::{Plan, history_member};
+use crate::plan::{Plan, history_json};
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("apply.lua")));
 
@@ -20,7 +22,7 @@ pub struct Target<'a> {
     /// The offset after the batch's last record.
     pub next: i64,
     /// The operator watermark after the batch (events behind it are late from now on).
-    pub watermark: i64,
+    pub watermark: Option<i64>,
     pub now_ms: i64,
     pub ttl_ms: i64,
     pub alerts_kept: usize,
@@ -61,12 +63,12 @@ pub fn apply(
     plan: &Plan,
 ) -> Result<Outcome, ApplyError> {
     let mut inv = SCRIPT.prepare_invoke();
-    let max_ts = plan.max_ts.unwrap_or(i64::MIN / 2);
+    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
     inv.arg(keys.partition(target.topic, target.partition))
         .arg(target.first)
         .arg(target.next)
-        .arg(max_ts)
-        .arg(target.watermark)
+        .arg(opt(plan.max_ts))
+        .arg(opt(target.watermark))
         .arg(target.now_ms)
         .arg(target.ttl_ms)
         .arg(keys.seen(target.topic, target.partition))
@@ -80,107 +82,72 @@ pub fn apply(
         }
     }
 
-    inv.arg(plan.sensor_windows.len());
-    for (view, device, w, agg) in &plan.sensor_windows {
-        let start = w.start.millis();
-        inv.arg(keys.sensor_window(*view, device, start))
-            .arg(keys.sensor_index(*view, device))
-            .arg(start)
-            .arg(w.end.millis())
-            .arg(agg.count)
-            .arg(sum_i64(agg.temperature_c.sum_micro)?)
-            .arg(agg.temperature_c.min.to_string())
-            .arg(agg.temperature_c.max.to_string())
-            .arg(sum_i64(agg.vibration_mm_s.sum_micro)?)
-            .arg(agg.vibration_mm_s.min.to_string())
-            .arg(agg.vibration_mm_s.max.to_string());
+    // hash writes: one per (view, window start) for windows, one per card for sessions
+    let mut hashes: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for ((view, start, device), w, agg) in &plan.sensors {
+        let stored = StoredSensor::new(*w, agg).map_err(|e| ApplyError::Reply(e.to_string()))?;
+        hashes
+            .entry(keys.sensor_windows(*view, *start))
+            .or_default()
+            .push((device.clone(), json(&stored)?));
     }
-
-    let view = CardView::OneMinute;
-    inv.arg(plan.card_windows.len());
-    for (card, w, agg) in &plan.card_windows {
-        let start = w.start.millis();
-        inv.arg(keys.card_window(view, card, start))
-            .arg(keys.card_merchants(view, card, start))
-            .arg(keys.card_countries(view, card, start))
-            .arg(keys.card_index(view, card))
-            .arg(start)
-            .arg(w.end.millis())
-            .arg(agg.count)
-            .arg(agg.amount_sum_cents)
-            .arg(agg.amount_max_cents);
-        inv.arg(agg.merchants.len());
-        for m in &agg.merchants {
-            inv.arg(m);
+    for ((start, card), w, agg) in &plan.cards {
+        hashes
+            .entry(keys.card_windows(*start))
+            .or_default()
+            .push((card.clone(), json(&StoredCard::new(*w, agg))?));
+    }
+    for u in &plan.sessions {
+        if u.write.is_empty() {
+            continue;
         }
-        inv.arg(agg.countries.len());
-        for c in &agg.countries {
-            inv.arg(c);
+        let fields = hashes.entry(keys.card_sessions(&u.card)).or_default();
+        for (w, agg) in &u.write {
+            fields.push((
+                w.start.millis().to_string(),
+                json(&StoredCard::new(*w, agg))?,
+            ));
+        }
+    }
+    inv.arg(hashes.len());
+    for (key, fields) in &hashes {
+        inv.arg(key).arg(fields.len());
+        for (f, v) in fields {
+            inv.arg(f).arg(v);
         }
     }
 
-    // session keys are `{base}{start}{suffix}`: split a key built for start 0 around the "0"
-    let view = CardView::Session;
-    inv.arg(plan.card_sessions.len());
-    for (card, sessions) in &plan.card_sessions {
-        let (wbase, suffix) = split_key(&keys.card_window(view, card, 0), card)?;
-        let (mbase, _) = split_key(&keys.card_merchants(view, card, 0), card)?;
-        let (cbase, _) = split_key(&keys.card_countries(view, card, 0), card)?;
-        inv.arg(keys.card_index(view, card))
-            .arg(wbase)
-            .arg(mbase)
-            .arg(cbase)
-            .arg(suffix)
-            .arg(sessions.len());
-        for (w, agg) in sessions {
-            inv.arg(w.start.millis())
-                .arg(w.end.millis())
-                .arg(agg.count)
-                .arg(agg.amount_sum_cents)
-                .arg(agg.amount_max_cents);
-            inv.arg(agg.merchants.len());
-            for m in &agg.merchants {
-                inv.arg(m);
-            }
-            inv.arg(agg.countries.len());
-            for c in &agg.countries {
-                inv.arg(c);
-            }
+    let deletes: Vec<&crate::plan::SessionUpdate> = plan
+        .sessions
+        .iter()
+        .filter(|u| !u.delete.is_empty())
+        .collect();
+    inv.arg(deletes.len());
+    for u in deletes {
+        inv.arg(keys.card_sessions(&u.card)).arg(u.delete.len());
+        for start in &u.delete {
+            inv.arg(*start);
         }
     }
 
-    inv.arg(plan.card_history.len());
-    for (card, cut, entries) in &plan.card_history {
-        inv.arg(keys.card_recent(card)).arg(*cut).arg(entries.len());
-        for (seen, id) in entries {
-            inv.arg(seen.ts_ms).arg(history_member(seen, id));
-        }
+    inv.arg(plan.history.len());
+    for (card, h) in &plan.history {
+        inv.arg(keys.card_recent(card)).arg(history_json(h));
     }
 
     inv.arg(keys.alerts())
         .arg(target.alerts_kept)
         .arg(plan.alerts.len());
     for a in &plan.alerts {
-        let json = serde_json::to_string(a).map_err(|e| ApplyError::Reply(e.to_string()))?;
-        inv.arg(a.ts).arg(json);
+        inv.arg(a.ts).arg(json(a)?);
     }
 
     let reply: Value = inv.invoke(con)?;
     parse_reply(reply)
 }
 
-fn sum_i64(v: i128) -> Result<i64, ApplyError> {
-    i64::try_from(v).map_err(|_| ApplyError::Reply(format!("window sum {v} exceeds 64 bits")))
-}
-
-/// `{base}0{suffix}` → (`base`, `suffix`), where the suffix is `:{id}`.
-fn split_key(key: &str, id: &str) -> Result<(String, String), ApplyError> {
-    let suffix = format!(":{id}");
-    let head = key
-        .strip_suffix(&suffix)
-        .and_then(|k| k.strip_suffix('0'))
-        .ok_or_else(|| ApplyError::Reply(format!("unexpected session key shape {key:?}")))?;
-    Ok((head.to_owned(), suffix))
+fn json<T: serde::Serialize>(v: &T) -> Result<String, ApplyError> {
+    serde_json::to_string(v).map_err(|e| ApplyError::Reply(e.to_string()))
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -209,22 +176,5 @@ fn parse_reply(reply: Value) -> Result<Outcome, ApplyError> {
         Some("mismatch") => Ok(Outcome::Mismatch { stored: stored()? }),
         Some("dup") => Ok(Outcome::Duplicates(words[1..].to_vec())),
         _ => Err(ApplyError::Reply(format!("{reply:?}"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_keys_split_around_the_start() {
-        let keys = Keys::default();
-        let card = "c:0";
-        let (base, suffix) =
-            split_key(&keys.card_window(CardView::Session, card, 0), card).unwrap();
-        assert_eq!(
-            format!("{base}1764064800000{suffix}"),
-            keys.card_window(CardView::Session, card, 1_764_064_800_000)
-        );
     }
 }

@@ -18,14 +18,13 @@ use lambdalake_kafka::rdkafka::message::Message;
 use lambdalake_kafka::{ProduceError, Producer};
 use lambdalake_runtime::tasks::CancellationToken;
 use lambdalake_views::Watermarks;
-use lambdalake_views::fraud::Seen;
 use lambdalake_views::keys::Keys;
 use serde::Serialize;
 
 use crate::apply::{self, Outcome, Target};
 use crate::consumer::{Change, Context, PartState};
 use crate::metrics;
-use crate::plan::{self, Plan, Reference};
+use crate::plan::{self, PartCache, Plan, Reference};
 use crate::reference::ReferenceCache;
 
 /// The loop's settings, from [`crate::Config`].
@@ -141,8 +140,8 @@ pub struct Pipeline {
     keys: Keys,
     watermarks: [Watermarks; 2],
     parts: HashMap<(usize, i32), PartInfo>,
-    /// Fraud history of the cards of each payments partition, as stored in Redis.
-    history: HashMap<i32, HashMap<String, Vec<Seen>>>,
+    /// The committed state of each partition's keys that can still change.
+    caches: HashMap<(usize, i32), PartCache>,
     reference: ReferenceCache,
     shutdown: CancellationToken,
     health: Arc<Health>,
@@ -179,7 +178,7 @@ impl Pipeline {
             keys,
             watermarks: [wm.clone(), wm],
             parts: HashMap::new(),
-            history: HashMap::new(),
+            caches: HashMap::new(),
             reference,
             shutdown,
             health,
@@ -299,9 +298,7 @@ impl Pipeline {
                         }
                         self.parts.remove(&(ti, p));
                         self.watermarks[ti].remove(p);
-                        if ti == PAYMENTS {
-                            self.history.remove(&p);
-                        }
+                        self.caches.remove(&(ti, p));
                     }
                 }
                 Change::Assigned(parts) => {
@@ -332,9 +329,7 @@ impl Pipeline {
             Some(max_ts) => self.watermarks[ti].restore(p, max_ts, now),
             None => self.watermarks[ti].assign(p, now),
         }
-        if ti == PAYMENTS {
-            self.history.remove(&p);
-        }
+        self.caches.insert((ti, p), PartCache::new(st.max_ts));
     }
 
     fn connection(&mut self) -> redis::RedisResult<&mut redis::Connection> {
@@ -395,6 +390,26 @@ impl Pipeline {
         out
     }
 
+    fn live_sensors<'w>(w: &'w Work, excluded: &HashSet<String>) -> Vec<&'w SensorReading> {
+        w.live
+            .iter()
+            .filter_map(|&i| match &w.recs[i].decoded {
+                Decoded::Sensor(r) if !excluded.contains(r.event_id.as_str()) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn live_payments<'w>(w: &'w Work, excluded: &HashSet<String>) -> Vec<&'w Payment> {
+        w.live
+            .iter()
+            .filter_map(|&i| match &w.recs[i].decoded {
+                Decoded::Payment(p) if !excluded.contains(p.event_id.as_str()) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn plan(&self, w: &Work, excluded: &HashSet<String>, now: i64) -> Plan {
         let reference = Reference {
             model: self.reference.model(),
@@ -403,83 +418,62 @@ impl Pipeline {
             fraud_threshold: self.settings.fraud_threshold,
             now_ms: now,
         };
+        let empty = PartCache::default();
+        let cache = self.caches.get(&(w.topic, w.partition)).unwrap_or(&empty);
         match w.topic {
-            SENSORS => {
-                let rs: Vec<&SensorReading> = w
-                    .live
-                    .iter()
-                    .filter_map(|&i| match &w.recs[i].decoded {
-                        Decoded::Sensor(r) if !excluded.contains(r.event_id.as_str()) => Some(r),
-                        _ => None,
-                    })
-                    .collect();
-                plan::sensors(&rs, &reference)
-            }
-            _ => {
-                let ps: Vec<&Payment> = w
-                    .live
-                    .iter()
-                    .filter_map(|&i| match &w.recs[i].decoded {
-                        Decoded::Payment(p) if !excluded.contains(p.event_id.as_str()) => Some(p),
-                        _ => None,
-                    })
-                    .collect();
-                let empty = HashMap::new();
-                let history = self.history.get(&w.partition).unwrap_or(&empty);
-                plan::payments(
-                    &ps,
-                    history,
-                    plan::history_horizon_ms(self.settings.lateness_ms),
-                    &reference,
-                )
-            }
+            SENSORS => cache.plan_sensors(&Self::live_sensors(w, excluded), &reference),
+            _ => cache.plan_payments(
+                &Self::live_payments(w, excluded),
+                plan::history_horizon_ms(self.settings.lateness_ms),
+                &reference,
+            ),
         }
     }
 
-    /// Make sure the fraud history of every card in the payment partitions is cached, and the
-    /// reference data of every key is fresh.
+    /// Read what the batch touches and the cache does not hold, and refresh the reference data.
     fn load_state(&mut self, works: &[Work]) -> redis::RedisResult<()> {
-        let mut missing: Vec<(i32, String)> = Vec::new();
+        let none = HashSet::new();
         let mut cards: HashSet<String> = HashSet::new();
         let mut devices: HashSet<String> = HashSet::new();
+        let mut wanted: Vec<((usize, i32), plan::Missing)> = Vec::new();
         for w in works {
-            for &i in &w.live {
-                match &w.recs[i].decoded {
-                    Decoded::Payment(p) => {
-                        let card = p.card_id.as_str();
-                        let cached = self
-                            .history
-                            .get(&w.partition)
-                            .is_some_and(|h| h.contains_key(card));
-                        if !cached && cards.insert(card.to_owned()) {
-                            missing.push((w.partition, card.to_owned()));
-                        }
-                        cards.insert(card.to_owned());
-                    }
-                    Decoded::Sensor(r) => {
-                        devices.insert(r.device_id.as_str().to_owned());
-                    }
-                    Decoded::Invalid(_) => {}
+            let (rs, ps) = (Self::live_sensors(w, &none), Self::live_payments(w, &none));
+            devices.extend(rs.iter().map(|r| r.device_id.as_str().to_owned()));
+            cards.extend(ps.iter().map(|p| p.card_id.as_str().to_owned()));
+            if let Some(cache) = self.caches.get(&(w.topic, w.partition)) {
+                let m = cache.missing(&rs, &ps);
+                if !m.is_empty() {
+                    wanted.push(((w.topic, w.partition), m));
                 }
             }
         }
         let keys = self.keys.clone();
-        let con = self.connection()?;
-        if !missing.is_empty() {
+        if !wanted.is_empty() {
             let mut pipe = redis::pipe();
-            for (_, card) in &missing {
-                pipe.cmd("ZRANGE")
-                    .arg(keys.card_recent(card))
-                    .arg(0)
-                    .arg(-1);
+            for (_, m) in &wanted {
+                for ((view, start), devices) in &m.sensors {
+                    pipe.cmd("HMGET")
+                        .arg(keys.sensor_windows(*view, *start))
+                        .arg(devices);
+                }
+                for (start, cards) in &m.cards {
+                    pipe.cmd("HMGET").arg(keys.card_windows(*start)).arg(cards);
+                }
+                for card in &m.sessions {
+                    pipe.cmd("HGETALL").arg(keys.card_sessions(card));
+                }
+                for card in &m.history {
+                    pipe.cmd("GET").arg(keys.card_recent(card));
+                }
             }
-            let rows: Vec<Vec<String>> = pipe.query(con)?;
-            for ((p, card), members) in missing.into_iter().zip(rows) {
-                let seen = members
-                    .iter()
-                    .filter_map(|m| plan::parse_history_member(m))
-                    .collect();
-                self.history.entry(p).or_default().insert(card, seen);
+            let mut replies: std::vec::IntoIter<redis::Value> = pipe
+                .query::<Vec<redis::Value>>(self.connection()?)?
+                .into_iter();
+            for (part, m) in wanted {
+                let Some(cache) = self.caches.get_mut(&part) else {
+                    continue;
+                };
+                fill(cache, m, &mut replies)?;
             }
         }
         self.connection()?;
@@ -573,7 +567,7 @@ impl Pipeline {
                     partition: w.partition,
                     first,
                     next,
-                    watermark: watermark_after[w.topic].unwrap_or(i64::MIN / 2),
+                    watermark: watermark_after[w.topic],
                     now_ms: now,
                     ttl_ms: self.settings.ttl_ms,
                     alerts_kept: self.settings.alerts_kept,
@@ -591,7 +585,7 @@ impl Pipeline {
                         self.health.redis_ok.store(true, Ordering::Release);
                         self.applied(
                             w,
-                            &plans[wi],
+                            std::mem::take(&mut plans[wi]),
                             excluded.len(),
                             next,
                             watermark_after[w.topic],
@@ -689,24 +683,17 @@ impl Pipeline {
     }
 
     /// After a successful apply: remember the new position and history, count.
-    fn applied(&mut self, w: &Work, plan: &Plan, store_dups: usize, next: i64, wm: Option<i64>) {
-        let topic = self.settings.topics[w.topic].as_str();
+    fn applied(&mut self, w: &Work, plan: Plan, store_dups: usize, next: i64, wm: Option<i64>) {
+        let topic = self.settings.topics[w.topic].clone();
+        let topic = topic.as_str();
+        let mut floor = wm;
         if let Some(info) = self.parts.get_mut(&(w.topic, w.partition)) {
             info.expect = Some(next);
             info.floor = match (info.floor, wm) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
-        }
-        if w.topic == PAYMENTS {
-            let horizon = plan::history_horizon_ms(self.settings.lateness_ms);
-            let cache = self.history.entry(w.partition).or_default();
-            for (card, cut, entries) in &plan.card_history {
-                let h = cache.entry(card.clone()).or_default();
-                h.extend(entries.iter().map(|(s, _)| *s));
-                let newest = h.iter().map(|s| s.ts_ms).max().unwrap_or(*cut);
-                h.retain(|s| s.ts_ms >= newest - horizon);
-            }
+            floor = info.floor;
         }
         let ev = &metrics::EVENTS;
         ev.with_label_values(&[topic, "applied"])
@@ -728,6 +715,9 @@ impl Pipeline {
         for a in &plan.alerts {
             metrics::ALERTS.with_label_values(&[a.kind]).inc();
         }
+        if let Some(cache) = self.caches.get_mut(&(w.topic, w.partition)) {
+            cache.commit(plan, floor, self.settings.ttl_ms);
+        }
         let visible = now_ms();
         let fresh = metrics::FRESHNESS_SECONDS.with_label_values(&[topic]);
         for &i in &w.live {
@@ -740,12 +730,18 @@ impl Pipeline {
     /// Move a partition to `stored` (its offset in Redis) and forget what is cached for it.
     fn reposition(&mut self, ti: usize, p: i32, stored: i64, seek: bool) {
         let topic = self.settings.topics[ti].clone();
+        // another instance wrote this partition: forget what is cached, take its floor
+        let st = crate::consumer::load_states(&self.redis, &self.keys, &[(topic.clone(), p)])
+            .ok()
+            .and_then(|s| s.into_iter().next());
         if let Some(info) = self.parts.get_mut(&(ti, p)) {
             info.expect = Some(stored);
+            if let Some(wm) = st.and_then(|s| s.watermark) {
+                info.floor = Some(info.floor.map_or(wm, |f| f.max(wm)));
+            }
         }
-        if ti == PAYMENTS {
-            self.history.remove(&p);
-        }
+        // everything may exist in Redis now
+        self.caches.insert((ti, p), PartCache::new(Some(i64::MAX)));
         if seek {
             if let Err(e) =
                 self.consumer
@@ -874,4 +870,63 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Put the replies of [`Pipeline::load_state`]'s reads for one partition into its cache, in the
+/// order they were asked.
+fn fill(
+    cache: &mut PartCache,
+    m: plan::Missing,
+    replies: &mut impl Iterator<Item = redis::Value>,
+) -> redis::RedisResult<()> {
+    use lambdalake_views::keys::{StoredCard, StoredSensor};
+    use redis::FromRedisValue;
+    let mut next = || {
+        replies
+            .next()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "missing reply")))
+    };
+    let bad = |what: &str, e: serde_json::Error| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unreadable stored view",
+            format!("{what}: {e}"),
+        ))
+    };
+    for ((view, start), devices) in m.sensors {
+        let values: Vec<Option<String>> = FromRedisValue::from_redis_value(next()?)?;
+        for (device, v) in devices.into_iter().zip(values) {
+            if let Some(v) = v {
+                let s: StoredSensor =
+                    serde_json::from_str(&v).map_err(|e| bad("sensor window", e))?;
+                cache.sensors.insert((view, start, device), s.agg());
+            }
+        }
+    }
+    for (start, cards) in m.cards {
+        let values: Vec<Option<String>> = FromRedisValue::from_redis_value(next()?)?;
+        for (card, v) in cards.into_iter().zip(values) {
+            if let Some(v) = v {
+                let s: StoredCard = serde_json::from_str(&v).map_err(|e| bad("card window", e))?;
+                cache.cards.insert((start, card), s.agg());
+            }
+        }
+    }
+    for card in m.sessions {
+        let fields: HashMap<String, String> = FromRedisValue::from_redis_value(next()?)?;
+        let mut list = Vec::with_capacity(fields.len());
+        for v in fields.values() {
+            let s: StoredCard = serde_json::from_str(v).map_err(|e| bad("card session", e))?;
+            list.push((s.window(), s.agg()));
+        }
+        list.sort_by_key(|(w, _)| w.start);
+        cache.sessions.insert(card, list);
+    }
+    for card in m.history {
+        let v: Option<String> = FromRedisValue::from_redis_value(next()?)?;
+        cache
+            .history
+            .insert(card, v.map(|v| plan::parse_history(&v)).unwrap_or_default());
+    }
+    Ok(())
 }

@@ -1,39 +1,89 @@
 //! What one micro-batch of one partition changes, computed without I/O from its live events
-//! (already deduplicated within the batch and not late) with the functions of
-//! `lambdalake-views`. [`crate::apply`] turns a plan into the atomic Redis script call.
+//! (deduplicated within the batch and not late) and the partition's cached state, with the
+//! functions of `lambdalake-views`. A plan holds the *new values* of every window, session and
+//! history it touches; [`crate::apply`] writes them with the partition's offset in one atomic
+//! Redis script, and [`PartCache::commit`] makes them the cached state once that succeeded.
+//!
+//! The cache holds the committed state of the windows that can still change: a window whose end
+//! is at or behind the partition's watermark floor only receives late events, which are never
+//! applied, so it is evicted. What is not cached is read from Redis before planning
+//! ([`PartCache::missing`]), except windows that start after the largest event time the
+//! partition had when it was assigned: no earlier event can be in them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lambdalake_events::{Payment, SensorReading};
 use lambdalake_views::fraud::{self, CardProfile, DeviceBaseline, Features, Model, Seen};
 use lambdalake_views::keys::SensorView;
-use lambdalake_views::{CardAgg, SensorAgg, SessionAggs, Sessions, Window};
+use lambdalake_views::{CardAgg, SensorAgg, SessionAggs, Sessions, Window, WindowSpec};
 use serde::Serialize;
 
 /// Payments more than this far behind a card's newest one are dropped from its fraud history
 /// (10 minutes of recent payments plus the allowed lateness, so an out-of-order payment still
-/// sees its full history).
+/// sees its full history); the newest is always kept (the previous location).
 pub fn history_horizon_ms(allowed_lateness_ms: i64) -> i64 {
     fraud::RECENT_MS + allowed_lateness_ms
 }
 
-/// The view updates of one partition's micro-batch.
+pub type SensorKey = (SensorView, i64, String);
+pub type CardKey = (i64, String);
+pub type History = Vec<(Seen, String)>;
+
+/// The committed state of one partition's keys that can still change.
+#[derive(Debug, Default)]
+pub struct PartCache {
+    /// Windows starting after this hold no event applied before the assignment (`None`: the
+    /// partition had no stored state, nothing needs reading).
+    pub restored_max_ts: Option<i64>,
+    pub sensors: HashMap<SensorKey, SensorAgg>,
+    pub cards: HashMap<CardKey, CardAgg>,
+    /// Every stored session of a card (loaded whole).
+    pub sessions: HashMap<String, Vec<(Window, CardAgg)>>,
+    pub history: HashMap<String, History>,
+}
+
+/// What must be read from Redis before a batch can be planned.
+#[derive(Debug, Default)]
+pub struct Missing {
+    pub sensors: BTreeMap<(SensorView, i64), BTreeSet<String>>,
+    pub cards: BTreeMap<i64, BTreeSet<String>>,
+    pub sessions: BTreeSet<String>,
+    pub history: BTreeSet<String>,
+}
+
+impl Missing {
+    pub fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+            && self.cards.is_empty()
+            && self.sessions.is_empty()
+            && self.history.is_empty()
+    }
+}
+
+/// The view updates of one partition's micro-batch: new values only.
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Event ids to mark as counted, by event-time minute.
     pub ids_by_minute: BTreeMap<i64, Vec<String>>,
-    pub sensor_windows: Vec<(SensorView, String, Window, SensorAgg)>,
-    pub card_windows: Vec<(String, Window, CardAgg)>,
-    /// Per card, the batch's partial sessions.
-    pub card_sessions: Vec<(String, Vec<(Window, CardAgg)>)>,
-    /// Per card: the history cut (entries before it are dropped) and the new entries with
-    /// their event ids.
-    pub card_history: Vec<(String, i64, Vec<(Seen, String)>)>,
+    pub sensors: Vec<(SensorKey, Window, SensorAgg)>,
+    pub cards: Vec<(CardKey, Window, CardAgg)>,
+    /// Per card: every session after the batch, the ones to write, and the starts to delete.
+    pub sessions: Vec<SessionUpdate>,
+    /// Per card: the history after the batch.
+    pub history: Vec<(String, History)>,
     pub alerts: Vec<Alert>,
     /// Events the plan counts.
     pub events: usize,
     /// Largest event time in the plan.
     pub max_ts: Option<i64>,
+}
+
+#[derive(Debug)]
+pub struct SessionUpdate {
+    pub card: String,
+    pub all: Vec<(Window, CardAgg)>,
+    pub write: Vec<(Window, CardAgg)>,
+    pub delete: Vec<i64>,
 }
 
 /// An alert, as stored in Redis and produced to the alerts topic.
@@ -70,204 +120,331 @@ fn minute(ts: i64) -> i64 {
     ts.div_euclid(60_000)
 }
 
-/// Plan a batch of sensor readings.
-pub fn sensors(readings: &[&SensorReading], reference: &Reference<'_>) -> Plan {
-    let mut plan = Plan::default();
-    let mut windows: HashMap<(SensorView, &str, Window), SensorAgg> = HashMap::new();
-    for r in readings {
-        let ts = r.ts.millis();
-        plan.ids_by_minute
-            .entry(minute(ts))
-            .or_default()
-            .push(r.event_id.as_str().to_owned());
-        plan.max_ts = Some(plan.max_ts.map_or(ts, |m| m.max(ts)));
-        for view in SensorView::ALL {
-            for w in view.spec().assign(r.ts) {
-                windows
-                    .entry((view, r.device_id.as_str(), w))
-                    .and_modify(|a| a.add(r))
-                    .or_insert_with(|| SensorAgg::of(r));
+impl PartCache {
+    /// A partition assigned with the largest event time it had (None: never applied).
+    pub fn new(restored_max_ts: Option<i64>) -> Self {
+        PartCache {
+            restored_max_ts,
+            ..PartCache::default()
+        }
+    }
+
+    fn may_exist(&self, start: i64) -> bool {
+        self.restored_max_ts.is_some_and(|m| start <= m)
+    }
+
+    /// The keys `readings` and `payments` touch that are neither cached nor known to be new.
+    pub fn missing(&self, readings: &[&SensorReading], payments: &[&Payment]) -> Missing {
+        let mut m = Missing::default();
+        for r in readings {
+            for view in SensorView::ALL {
+                for w in view.spec().assign(r.ts) {
+                    let start = w.start.millis();
+                    let key = (view, start, r.device_id.as_str().to_owned());
+                    if self.may_exist(start) && !self.sensors.contains_key(&key) {
+                        m.sensors.entry((view, start)).or_default().insert(key.2);
+                    }
+                }
             }
         }
-        let baseline = reference
-            .baselines
-            .get(r.device_id.as_str())
-            .and_then(Option::as_ref);
-        let reasons = fraud::sensor_alerts(r, baseline);
-        if !reasons.is_empty() {
-            let z = baseline.map(|b| {
-                let zt = if b.temperature_std > 0.0 {
-                    (r.temperature_c - b.temperature_mean) / b.temperature_std
-                } else {
-                    0.0
-                };
-                let zv = if b.vibration_std > 0.0 {
-                    (r.vibration_mm_s - b.vibration_mean) / b.vibration_std
-                } else {
-                    0.0
-                };
-                (zt, zv)
-            });
-            plan.alerts.push(Alert {
-                alert_id: format!("sensor:{}", r.event_id.as_str()),
-                kind: "sensor",
-                key: r.device_id.as_str().to_owned(),
-                ts,
-                detected_at_ms: reference.now_ms,
-                score: z.map(|(zt, zv)| zt.abs().max(zv.abs())),
-                model_version: if baseline.is_some() {
-                    "baseline"
-                } else {
-                    "thresholds"
+        for p in payments {
+            let card = p.card_id.as_str();
+            for w in WindowSpec::ONE_MINUTE.assign(p.ts) {
+                let start = w.start.millis();
+                if self.may_exist(start) && !self.cards.contains_key(&(start, card.to_owned())) {
+                    m.cards.entry(start).or_default().insert(card.to_owned());
                 }
-                .to_owned(),
-                reasons: reasons
-                    .iter()
-                    .map(|a| {
-                        serde_json::to_value(a)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default()
-                    })
-                    .collect(),
-                features: serde_json::json!({
-                    "temperature_c": r.temperature_c,
-                    "vibration_mm_s": r.vibration_mm_s,
-                    "temperature_z": z.map(|z| z.0),
-                    "vibration_z": z.map(|z| z.1),
-                }),
-                event: serde_json::to_value(r).unwrap_or_default(),
+            }
+            if self.restored_max_ts.is_some() {
+                if !self.sessions.contains_key(card) {
+                    m.sessions.insert(card.to_owned());
+                }
+                if !self.history.contains_key(card) {
+                    m.history.insert(card.to_owned());
+                }
+            }
+        }
+        m
+    }
+
+    /// Plan a batch of sensor readings.
+    pub fn plan_sensors(&self, readings: &[&SensorReading], reference: &Reference<'_>) -> Plan {
+        let mut plan = Plan::default();
+        let mut windows: HashMap<(SensorView, i64, &str), (Window, SensorAgg)> = HashMap::new();
+        for r in readings {
+            let ts = r.ts.millis();
+            plan.ids_by_minute
+                .entry(minute(ts))
+                .or_default()
+                .push(r.event_id.as_str().to_owned());
+            plan.max_ts = Some(plan.max_ts.map_or(ts, |m| m.max(ts)));
+            let device = r.device_id.as_str();
+            for view in SensorView::ALL {
+                for w in view.spec().assign(r.ts) {
+                    let start = w.start.millis();
+                    windows
+                        .entry((view, start, device))
+                        .and_modify(|(_, a)| a.add(r))
+                        .or_insert_with(|| {
+                            let key = (view, start, device.to_owned());
+                            let agg = match self.sensors.get(&key) {
+                                Some(old) => {
+                                    let mut a = old.clone();
+                                    a.add(r);
+                                    a
+                                }
+                                None => SensorAgg::of(r),
+                            };
+                            (w, agg)
+                        });
+                }
+            }
+            if let Some(alert) = sensor_alert(r, reference) {
+                plan.alerts.push(alert);
+            }
+        }
+        plan.events = readings.len();
+        plan.sensors = windows
+            .into_iter()
+            .map(|((view, start, device), (w, agg))| ((view, start, device.to_owned()), w, agg))
+            .collect();
+        plan
+    }
+
+    /// Plan a batch of payments.
+    pub fn plan_payments(
+        &self,
+        payments: &[&Payment],
+        horizon_ms: i64,
+        reference: &Reference<'_>,
+    ) -> Plan {
+        let mut plan = Plan::default();
+        let mut windows: HashMap<(i64, &str), (Window, CardAgg)> = HashMap::new();
+        let mut sessions: HashMap<&str, SessionAggs<CardAgg>> = HashMap::new();
+        let mut history: HashMap<&str, History> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for p in payments {
+            let card = p.card_id.as_str();
+            let ts = p.ts.millis();
+            plan.ids_by_minute
+                .entry(minute(ts))
+                .or_default()
+                .push(p.event_id.as_str().to_owned());
+            plan.max_ts = Some(plan.max_ts.map_or(ts, |m| m.max(ts)));
+            for w in WindowSpec::ONE_MINUTE.assign(p.ts) {
+                let start = w.start.millis();
+                windows
+                    .entry((start, card))
+                    .and_modify(|(_, a)| a.add(p))
+                    .or_insert_with(|| {
+                        let agg = match self.cards.get(&(start, card.to_owned())) {
+                            Some(old) => {
+                                let mut a = old.clone();
+                                a.add(p);
+                                a
+                            }
+                            None => CardAgg::of(p),
+                        };
+                        (w, agg)
+                    });
+            }
+            sessions
+                .entry(card)
+                .or_insert_with(|| {
+                    let mut s = SessionAggs::new(Sessions::CARD_GAP_MS);
+                    for (w, a) in self.sessions.get(card).into_iter().flatten() {
+                        s.add(*w, a.clone());
+                    }
+                    s
+                })
+                .add_event(p.ts, CardAgg::of(p));
+
+            // fraud: the card's history before this payment
+            let known = history.entry(card).or_insert_with(|| {
+                order.push(card);
+                self.history.get(card).cloned().unwrap_or_default()
+            });
+            let seen: Vec<Seen> = known.iter().map(|(s, _)| *s).collect();
+            let profile = reference.profiles.get(card).and_then(Option::as_ref);
+            let features = fraud::features(p, &seen, profile);
+            let score = fraud::score(&features, reference.model);
+            if score.value >= reference.fraud_threshold {
+                plan.alerts.push(Alert {
+                    alert_id: format!("fraud:{}", p.event_id.as_str()),
+                    kind: "fraud",
+                    key: card.to_owned(),
+                    ts,
+                    detected_at_ms: reference.now_ms,
+                    score: Some(score.value),
+                    model_version: score.by,
+                    reasons: fraud_reasons(&features),
+                    features: serde_json::to_value(features).unwrap_or_default(),
+                    event: serde_json::to_value(p).unwrap_or_default(),
+                });
+            }
+            known.push((Seen::from(*p), p.event_id.as_str().to_owned()));
+        }
+        plan.events = payments.len();
+        plan.cards = windows
+            .into_iter()
+            .map(|((start, card), (w, agg))| ((start, card.to_owned()), w, agg))
+            .collect();
+        for (card, s) in sessions {
+            let all = s.into_sessions();
+            let old = self
+                .sessions
+                .get(card)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let write: Vec<(Window, CardAgg)> = all
+                .iter()
+                .filter(|(w, a)| !old.iter().any(|(ow, oa)| ow == w && oa == a))
+                .cloned()
+                .collect();
+            let delete: Vec<i64> = old
+                .iter()
+                .map(|(w, _)| w.start.millis())
+                .filter(|s| !all.iter().any(|(w, _)| w.start.millis() == *s))
+                .collect();
+            plan.sessions.push(SessionUpdate {
+                card: card.to_owned(),
+                all,
+                write,
+                delete,
             });
         }
+        for card in order {
+            let mut h = history.remove(card).unwrap_or_default();
+            trim_history(&mut h, horizon_ms);
+            plan.history.push((card.to_owned(), h));
+        }
+        plan
     }
-    plan.events = readings.len();
-    plan.sensor_windows = windows
-        .into_iter()
-        .map(|((view, device, w), agg)| (view, device.to_owned(), w, agg))
-        .collect();
-    plan
+
+    /// The plan was applied: its values become the cached state; what can no longer change
+    /// (behind `floor`) is evicted.
+    pub fn commit(&mut self, plan: Plan, floor: Option<i64>, ttl_ms: i64) {
+        for (key, _, agg) in plan.sensors {
+            self.sensors.insert(key, agg);
+        }
+        for (key, _, agg) in plan.cards {
+            self.cards.insert(key, agg);
+        }
+        for u in plan.sessions {
+            self.sessions.insert(u.card, u.all);
+        }
+        for (card, h) in plan.history {
+            self.history.insert(card, h);
+        }
+        let Some(floor) = floor else { return };
+        let view_end = |view: SensorView, start: i64| match view.spec() {
+            WindowSpec::Tumbling { size_ms } | WindowSpec::Sliding { size_ms, .. } => {
+                start + size_ms
+            }
+        };
+        // a window ending at or before the floor receives only late events
+        self.sensors
+            .retain(|(view, start, _), _| view_end(*view, *start) > floor);
+        self.cards.retain(|(start, _), _| start + 60_000 > floor);
+        // a session ending before the floor cannot merge with any event applied from now on
+        self.sessions
+            .retain(|_, list| list.iter().any(|(w, _)| w.end.millis() >= floor));
+        self.history.retain(|_, h| {
+            h.iter()
+                .map(|(s, _)| s.ts_ms)
+                .max()
+                .is_some_and(|newest| newest >= floor - ttl_ms)
+        });
+    }
 }
 
-/// Plan a batch of payments. `history` holds each card's fraud history known before the batch
-/// (as loaded from Redis); it is not changed — the plan lists the entries to add.
-pub fn payments(
-    payments: &[&Payment],
-    history: &HashMap<String, Vec<Seen>>,
-    horizon_ms: i64,
-    reference: &Reference<'_>,
-) -> Plan {
-    let mut plan = Plan::default();
-    let mut windows: HashMap<(&str, Window), CardAgg> = HashMap::new();
-    let mut sessions: HashMap<&str, SessionAggs<CardAgg>> = HashMap::new();
-    let mut seen_now: HashMap<&str, Vec<(Seen, String)>> = HashMap::new();
-    let mut order: Vec<&str> = Vec::new();
-    for p in payments {
-        let card = p.card_id.as_str();
-        let ts = p.ts.millis();
-        plan.ids_by_minute
-            .entry(minute(ts))
-            .or_default()
-            .push(p.event_id.as_str().to_owned());
-        plan.max_ts = Some(plan.max_ts.map_or(ts, |m| m.max(ts)));
-        for w in lambdalake_views::WindowSpec::ONE_MINUTE.assign(p.ts) {
-            windows
-                .entry((card, w))
-                .and_modify(|a| a.add(p))
-                .or_insert_with(|| CardAgg::of(p));
-        }
-        sessions
-            .entry(card)
-            .or_insert_with(|| SessionAggs::new(Sessions::CARD_GAP_MS))
-            .add_event(p.ts, CardAgg::of(p));
+/// Keep the entries within `horizon_ms` of the newest (the newest always stays).
+pub fn trim_history(h: &mut History, horizon_ms: i64) {
+    if let Some(newest) = h.iter().map(|(s, _)| s.ts_ms).max() {
+        h.retain(|(s, _)| s.ts_ms >= newest - horizon_ms);
+    }
+}
 
-        // fraud: the card's history before the batch plus the batch's earlier payments
-        let new = seen_now.entry(card).or_insert_with(|| {
-            order.push(card);
-            Vec::new()
-        });
-        let mut known: Vec<Seen> = history.get(card).cloned().unwrap_or_default();
-        known.extend(new.iter().map(|(s, _)| *s));
-        let profile = reference.profiles.get(card).and_then(Option::as_ref);
-        let features = fraud::features(p, &known, profile);
-        let score = fraud::score(&features, reference.model);
-        if score.value >= reference.fraud_threshold {
-            plan.alerts.push(Alert {
-                alert_id: format!("fraud:{}", p.event_id.as_str()),
-                kind: "fraud",
-                key: card.to_owned(),
-                ts,
-                detected_at_ms: reference.now_ms,
-                score: Some(score.value),
-                model_version: score.by,
-                reasons: fraud_reasons(&features),
-                features: features_json(&features),
-                event: serde_json::to_value(p).unwrap_or_default(),
-            });
+fn sensor_alert(r: &SensorReading, reference: &Reference<'_>) -> Option<Alert> {
+    let baseline = reference
+        .baselines
+        .get(r.device_id.as_str())
+        .and_then(Option::as_ref);
+    let reasons = fraud::sensor_alerts(r, baseline);
+    if reasons.is_empty() {
+        return None;
+    }
+    let z = baseline.map(|b| {
+        let z = |v: f64, mean: f64, std: f64| if std > 0.0 { (v - mean) / std } else { 0.0 };
+        (
+            z(r.temperature_c, b.temperature_mean, b.temperature_std),
+            z(r.vibration_mm_s, b.vibration_mean, b.vibration_std),
+        )
+    });
+    Some(Alert {
+        alert_id: format!("sensor:{}", r.event_id.as_str()),
+        kind: "sensor",
+        key: r.device_id.as_str().to_owned(),
+        ts: r.ts.millis(),
+        detected_at_ms: reference.now_ms,
+        score: z.map(|(zt, zv)| zt.abs().max(zv.abs())),
+        model_version: if baseline.is_some() {
+            "baseline"
+        } else {
+            "thresholds"
         }
-        new.push((Seen::from(*p), p.event_id.as_str().to_owned()));
-    }
-    plan.events = payments.len();
-    plan.card_windows = windows
-        .into_iter()
-        .map(|((card, w), agg)| (card.to_owned(), w, agg))
-        .collect();
-    plan.card_sessions = sessions
-        .into_iter()
-        .map(|(card, s)| (card.to_owned(), s.into_sessions()))
-        .collect();
-    for card in order {
-        let new = seen_now.remove(card).unwrap_or_default();
-        let newest = history
-            .get(card)
-            .into_iter()
-            .flatten()
-            .map(|s| s.ts_ms)
-            .chain(new.iter().map(|(s, _)| s.ts_ms))
-            .max()
-            .unwrap_or(0);
-        plan.card_history
-            .push((card.to_owned(), newest - horizon_ms, new));
-    }
-    plan
+        .to_owned(),
+        reasons: reasons
+            .iter()
+            .filter_map(|a| {
+                serde_json::to_value(a)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            })
+            .collect(),
+        features: serde_json::json!({
+            "temperature_c": r.temperature_c,
+            "vibration_mm_s": r.vibration_mm_s,
+            "temperature_z": z.map(|z| z.0),
+            "vibration_z": z.map(|z| z.1),
+        }),
+        event: serde_json::to_value(r).unwrap_or_default(),
+    })
 }
 
 /// The rules that fired, named (also when a model scored the payment: they explain it).
 fn fraud_reasons(f: &Features) -> Vec<String> {
-    let mut r = Vec::new();
-    if f.travel_kmh > fraud::IMPOSSIBLE_KMH {
-        r.push("impossible_travel".to_owned());
-    }
-    if f.recent_count >= 5 {
-        r.push("card_testing".to_owned());
-    }
-    if f.amount_z > 4.0 {
-        r.push("amount_spike".to_owned());
-    }
-    if f.new_country {
-        r.push("new_country".to_owned());
-    }
-    if f.mcc_risk >= 0.8 {
-        r.push("high_risk_merchant".to_owned());
-    }
-    r
+    [
+        (f.travel_kmh > fraud::IMPOSSIBLE_KMH, "impossible_travel"),
+        (f.recent_count >= 5, "card_testing"),
+        (f.amount_z > 4.0, "amount_spike"),
+        (f.new_country, "new_country"),
+        (f.mcc_risk >= 0.8, "high_risk_merchant"),
+    ]
+    .iter()
+    .filter(|(hit, _)| *hit)
+    .map(|(_, name)| (*name).to_owned())
+    .collect()
 }
 
-fn features_json(f: &Features) -> serde_json::Value {
-    serde_json::to_value(f).unwrap_or_default()
+/// The stored form of a card's history: `[[ts, lat, lon, event_id], …]`.
+pub fn history_json(h: &History) -> String {
+    let rows: Vec<(i64, f64, f64, &str)> = h
+        .iter()
+        .map(|(s, id)| (s.ts_ms, s.lat, s.lon, id.as_str()))
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
 }
 
-/// The member a history entry is stored as in the card's sorted set: `ts|lat|lon|event_id`.
-pub fn history_member(s: &Seen, event_id: &str) -> String {
-    format!("{}|{}|{}|{event_id}", s.ts_ms, s.lat, s.lon)
-}
-
-/// Parse a history member back; `None` for anything else.
-pub fn parse_history_member(m: &str) -> Option<Seen> {
-    let mut it = m.splitn(4, '|');
-    let ts_ms = it.next()?.parse().ok()?;
-    let lat = it.next()?.parse().ok()?;
-    let lon = it.next()?.parse().ok()?;
-    Some(Seen { ts_ms, lat, lon })
+/// Parse a stored history; unreadable data counts as none (it only feeds features).
+pub fn parse_history(json: &str) -> History {
+    serde_json::from_str::<Vec<(i64, f64, f64, String)>>(json)
+        .map(|rows| {
+            rows.into_iter()
+                .map(|(ts_ms, lat, lon, id)| (Seen { ts_ms, lat, lon }, id))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -305,30 +482,68 @@ mod tests {
             lat: 48.85,
             lon: 2.35,
         };
-        let history = HashMap::from([("c".to_owned(), vec![paris])]);
+        let mut cache = PartCache::new(Some(t0));
+        cache
+            .history
+            .insert("c".to_owned(), vec![(paris, "e1".to_owned())]);
         // New York five minutes later
         let ny = payment("e2", "c", t0 + 300_000, 40.71, -74.0);
-        let plan = payments(&[&ny], &history, 600_000, &reference(&p, &b));
+        let plan = cache.plan_payments(&[&ny], 600_000, &reference(&p, &b));
         assert_eq!(plan.alerts.len(), 1);
         assert_eq!(plan.alerts[0].alert_id, "fraud:e2");
         assert_eq!(plan.alerts[0].reasons, ["impossible_travel"]);
         assert_eq!(plan.alerts[0].model_version, "rules");
-        // the new entry is listed, the cut keeps 10 minutes behind the newest
-        assert_eq!(plan.card_history[0].1, t0 + 300_000 - 600_000);
-        assert_eq!(plan.card_history[0].2.len(), 1);
+        assert_eq!(plan.history[0].1.len(), 2);
         // without the history, no alert
-        let plan = payments(&[&ny], &HashMap::new(), 600_000, &reference(&p, &b));
+        let plan = PartCache::new(None).plan_payments(&[&ny], 600_000, &reference(&p, &b));
         assert!(plan.alerts.is_empty());
     }
 
     #[test]
-    fn history_members_round_trip() {
-        let s = Seen {
-            ts_ms: 1_764_064_800_123,
-            lat: -33.8688,
-            lon: 151.2093,
-        };
-        assert_eq!(parse_history_member(&history_member(&s, "a|b")), Some(s));
-        assert_eq!(parse_history_member("x|1|2"), None);
+    fn a_bridging_payment_merges_stored_sessions_and_deletes_the_absorbed_one() {
+        let (p, b) = (HashMap::new(), HashMap::new());
+        let t0 = 1_764_064_800_000;
+        let gap = Sessions::CARD_GAP_MS;
+        let mut cache = PartCache::new(Some(t0 + 3 * gap));
+        let first = payment("e1", "c", t0, 0.0, 0.0);
+        let second = payment("e2", "c", t0 + gap + 60_000, 0.0, 0.0);
+        let plan = cache.plan_payments(&[&first, &second], 600_000, &reference(&p, &b));
+        assert_eq!(plan.sessions[0].all.len(), 2);
+        cache.commit(plan, None, 3_600_000);
+        let bridge = payment("e3", "c", t0 + 60_000, 0.0, 0.0);
+        let plan = cache.plan_payments(&[&bridge], 600_000, &reference(&p, &b));
+        let u = &plan.sessions[0];
+        assert_eq!(u.all.len(), 1);
+        assert_eq!(u.all[0].1.count, 3);
+        assert_eq!(u.delete, [t0 + gap + 60_000]);
+        assert_eq!(u.write.len(), 1);
+    }
+
+    #[test]
+    fn only_keys_that_may_exist_are_read() {
+        let t0 = 1_764_064_800_000;
+        let r = lambdalake_events::SensorReading::from_json(
+            format!(r#"{{"event_id":"e","device_id":"d","site":"s","ts":{t0},"temperature_c":1,"vibration_mm_s":1}}"#).as_bytes(),
+            &Policy::stored(),
+        )
+        .unwrap();
+        assert!(PartCache::new(None).missing(&[&r], &[]).is_empty());
+        // restored just before t0: the windows starting at or before it may exist
+        let m = PartCache::new(Some(t0 - 1)).missing(&[&r], &[]);
+        assert_eq!(m.sensors.len(), 4, "{m:?}"); // 4 sliding windows start before t0
+    }
+
+    #[test]
+    fn history_round_trips() {
+        let h = vec![(
+            Seen {
+                ts_ms: 1_764_064_800_123,
+                lat: -33.8688,
+                lon: 151.2093,
+            },
+            "a|b\"c".to_owned(),
+        )];
+        assert_eq!(parse_history(&history_json(&h)), h);
+        assert!(parse_history("garbage").is_empty());
     }
 }

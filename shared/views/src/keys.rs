@@ -1,39 +1,38 @@
 //! The Redis key scheme of the speed layer: the speed layer writes these keys, the serving layer
 //! and the tests read them. Documented in `docs/speed-layer.md`.
 //!
-//! Every key starts with a configurable prefix (default `ll`). Fixed-format components (view
-//! name, a one-letter role, a window start in epoch ms) come first and the client-supplied id comes
-//! last, so no id — whatever characters it holds — can make two keys collide.
+//! Every key starts with a configurable prefix (default `ll`). The windows of one view that start
+//! at the same instant share one hash, one field per device or card: a micro-batch writes a
+//! handful of hashes however many keys it touched (Redis spends its time per command, not per
+//! field), and a reader gets every key's window in a range with one `HMGET` per window start.
+//! Fields hold JSON ([`StoredSensor`], [`StoredCard`]); ids are field names, never parsed out of
+//! key names, so no id can make two keys collide.
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}:v:sensor:{view}:w:{start}:{device}` | hash | one device window: `start end count t_sum t_min t_max v_sum v_min v_max` |
-//! | `{p}:v:sensor:{view}:i:{device}` | zset | index of the device's windows (score and member = start) |
-//! | `{p}:v:card:1m:w:{start}:{card}` | hash | one card window: `start end count amount_sum amount_max` |
-//! | `{p}:v:card:1m:m:{start}:{card}` / `…:c:…` | set | the window's distinct merchants / countries |
-//! | `{p}:v:card:1m:i:{card}` | zset | index of the card's 1-minute windows |
-//! | `{p}:v:card:session:w:{start}:{card}` (+ `:m:`, `:c:`) | hash (+ sets) | one card session, same fields |
-//! | `{p}:v:card:session:i:{card}` | zset | the card's sessions (score and member = start) |
+//! | `{p}:v:sensor:{view}:{start}` | hash | field `{device}` → [`StoredSensor`], `view` = `1m` or `5m1m` |
+//! | `{p}:v:card:1m:{start}` | hash | field `{card}` → [`StoredCard`] |
+//! | `{p}:v:card:session:{card}` | hash | field `{start}` → [`StoredCard`], one per session of the card |
+//! | `{p}:card:recent:{card}` | string | the card's recent payments (fraud history), JSON `[[ts, lat, lon, event_id], …]` |
 //! | `{p}:speed:part:{topic}:{partition}` | hash | `offset` (next to apply), `max_ts`, `watermark`, `updated_ms` |
 //! | `{p}:speed:seen:{topic}:{partition}:{minute}` | set | event ids applied, by event-time minute (dedupe) |
 //! | `{p}:speed:seen:{topic}:{partition}` | zset | index of the partition's dedupe sets |
-//! | `{p}:card:recent:{card}` | zset | the card's recent payments (fraud history), score = ts |
 //! | `{p}:alerts` | zset | alerts as JSON, score = event time |
 //! | `{p}:model:fraud` | string | the fraud model (JSON [`crate::fraud::Model`]) published by the batch layer |
 //! | `{p}:profile:card:{card}` | string | a card profile (JSON [`crate::fraud::CardProfile`]) |
 //! | `{p}:baseline:device:{device}` | string | a device baseline (JSON [`crate::fraud::DeviceBaseline`]) |
 //!
-//! Sums are fixed-point integers in micro-units (temperature, vibration) or cents (amounts), so
-//! Redis adds them exactly with `HINCRBY`; min and max keep the client's number as written.
+//! Every view key expires after the view TTL (refreshed on each write). Sums are fixed-point
+//! integers: micro-units for temperature and vibration, cents for amounts.
 
-use std::collections::HashMap;
+use lambdalake_events::EventTime;
+use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{CardAgg, SensorAgg, Stat};
 use crate::window::Window;
-use lambdalake_events::EventTime;
 
 /// The sensor views kept by the speed layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SensorView {
     /// 1-minute tumbling windows (the default view).
     OneMinute,
@@ -102,34 +101,19 @@ impl Keys {
         &self.prefix
     }
 
-    pub fn sensor_window(&self, view: SensorView, device: &str, start_ms: i64) -> String {
-        format!(
-            "{}:v:sensor:{}:w:{start_ms}:{device}",
-            self.prefix,
-            view.name()
-        )
+    /// The hash of every device's window of `view` starting at `start_ms` (field = device id).
+    pub fn sensor_windows(&self, view: SensorView, start_ms: i64) -> String {
+        format!("{}:v:sensor:{}:{start_ms}", self.prefix, view.name())
     }
 
-    pub fn sensor_index(&self, view: SensorView, device: &str) -> String {
-        format!("{}:v:sensor:{}:i:{device}", self.prefix, view.name())
+    /// The hash of every card's 1-minute window starting at `start_ms` (field = card id).
+    pub fn card_windows(&self, start_ms: i64) -> String {
+        format!("{}:v:card:1m:{start_ms}", self.prefix)
     }
 
-    pub fn card_window(&self, view: CardView, card: &str, start_ms: i64) -> String {
-        format!("{}:v:card:{}:w:{start_ms}:{card}", self.prefix, view.name())
-    }
-
-    /// The distinct merchants of a card window.
-    pub fn card_merchants(&self, view: CardView, card: &str, start_ms: i64) -> String {
-        format!("{}:v:card:{}:m:{start_ms}:{card}", self.prefix, view.name())
-    }
-
-    /// The distinct countries of a card window.
-    pub fn card_countries(&self, view: CardView, card: &str, start_ms: i64) -> String {
-        format!("{}:v:card:{}:c:{start_ms}:{card}", self.prefix, view.name())
-    }
-
-    pub fn card_index(&self, view: CardView, card: &str) -> String {
-        format!("{}:v:card:{}:i:{card}", self.prefix, view.name())
+    /// The hash of one card's sessions (field = session start, epoch ms).
+    pub fn card_sessions(&self, card: &str) -> String {
+        format!("{}:v:card:session:{card}", self.prefix)
     }
 
     /// The speed layer's stored state of one partition (next offset, watermark).
@@ -163,69 +147,110 @@ impl Keys {
     }
 }
 
-/// A stored window hash that cannot be read back.
+/// A device window as stored: the window and [`SensorAgg`] with 64-bit sums.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSensor {
+    pub start: i64,
+    pub end: i64,
+    pub count: u64,
+    /// Sum of temperatures in µ°C.
+    pub t_sum: i64,
+    pub t_min: f64,
+    pub t_max: f64,
+    /// Sum of vibrations in µmm/s.
+    pub v_sum: i64,
+    pub v_min: f64,
+    pub v_max: f64,
+}
+
+/// A card window or session as stored: the window and [`CardAgg`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCard {
+    pub start: i64,
+    pub end: i64,
+    pub count: u64,
+    /// Cents.
+    pub amount_sum: i64,
+    /// Cents.
+    pub amount_max: i64,
+    pub merchants: Vec<String>,
+    pub countries: Vec<String>,
+}
+
+/// A sum too large for the stored 64-bit form (not reachable with the validated ranges).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("window hash field {field}: {reason}")]
-pub struct HashError {
-    pub field: &'static str,
-    pub reason: String,
+#[error("a window sum exceeds 64 bits")]
+pub struct Overflow;
+
+impl StoredSensor {
+    pub fn new(w: Window, a: &SensorAgg) -> Result<Self, Overflow> {
+        Ok(StoredSensor {
+            start: w.start.millis(),
+            end: w.end.millis(),
+            count: a.count,
+            t_sum: i64::try_from(a.temperature_c.sum_micro).map_err(|_| Overflow)?,
+            t_min: a.temperature_c.min,
+            t_max: a.temperature_c.max,
+            v_sum: i64::try_from(a.vibration_mm_s.sum_micro).map_err(|_| Overflow)?,
+            v_min: a.vibration_mm_s.min,
+            v_max: a.vibration_mm_s.max,
+        })
+    }
+
+    pub fn window(&self) -> Window {
+        window(self.start, self.end)
+    }
+
+    pub fn agg(&self) -> SensorAgg {
+        SensorAgg {
+            count: self.count,
+            temperature_c: Stat {
+                min: self.t_min,
+                max: self.t_max,
+                sum_micro: i128::from(self.t_sum),
+            },
+            vibration_mm_s: Stat {
+                min: self.v_min,
+                max: self.v_max,
+                sum_micro: i128::from(self.v_sum),
+            },
+        }
+    }
 }
 
-fn field<T: std::str::FromStr>(
-    h: &HashMap<String, String>,
-    name: &'static str,
-) -> Result<T, HashError>
-where
-    T::Err: std::fmt::Display,
-{
-    let raw = h.get(name).ok_or_else(|| HashError {
-        field: name,
-        reason: "missing".to_owned(),
-    })?;
-    raw.parse().map_err(|e: T::Err| HashError {
-        field: name,
-        reason: format!("{raw:?}: {e}"),
-    })
+impl StoredCard {
+    pub fn new(w: Window, a: &CardAgg) -> Self {
+        StoredCard {
+            start: w.start.millis(),
+            end: w.end.millis(),
+            count: a.count,
+            amount_sum: a.amount_sum_cents,
+            amount_max: a.amount_max_cents,
+            merchants: a.merchants.iter().cloned().collect(),
+            countries: a.countries.iter().cloned().collect(),
+        }
+    }
+
+    pub fn window(&self) -> Window {
+        window(self.start, self.end)
+    }
+
+    pub fn agg(&self) -> CardAgg {
+        CardAgg {
+            count: self.count,
+            amount_sum_cents: self.amount_sum,
+            amount_max_cents: self.amount_max,
+            merchants: self.merchants.iter().cloned().collect(),
+            countries: self.countries.iter().cloned().collect(),
+        }
+    }
 }
 
-/// The window a stored hash describes.
-pub fn window_from_hash(h: &HashMap<String, String>) -> Result<Window, HashError> {
-    Ok(Window {
-        start: EventTime::from_millis_unchecked(field(h, "start")?),
-        end: EventTime::from_millis_unchecked(field(h, "end")?),
-    })
-}
-
-/// Read a sensor window hash back into the aggregate it stores.
-pub fn sensor_agg_from_hash(h: &HashMap<String, String>) -> Result<SensorAgg, HashError> {
-    Ok(SensorAgg {
-        count: field(h, "count")?,
-        temperature_c: Stat {
-            min: field(h, "t_min")?,
-            max: field(h, "t_max")?,
-            sum_micro: field(h, "t_sum")?,
-        },
-        vibration_mm_s: Stat {
-            min: field(h, "v_min")?,
-            max: field(h, "v_max")?,
-            sum_micro: field(h, "v_sum")?,
-        },
-    })
-}
-
-/// Read a card window hash and its two sets back into the aggregate they store.
-pub fn card_agg_from_hash(
-    h: &HashMap<String, String>,
-    merchants: impl IntoIterator<Item = String>,
-    countries: impl IntoIterator<Item = String>,
-) -> Result<CardAgg, HashError> {
-    Ok(CardAgg {
-        count: field(h, "count")?,
-        amount_sum_cents: field(h, "amount_sum")?,
-        amount_max_cents: field(h, "amount_max")?,
-        merchants: merchants.into_iter().collect(),
-        countries: countries.into_iter().collect(),
-    })
+fn window(start: i64, end: i64) -> Window {
+    Window {
+        start: EventTime::from_millis_unchecked(start),
+        end: EventTime::from_millis_unchecked(end),
+    }
 }
 
 #[cfg(test)]
@@ -233,41 +258,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_cannot_make_keys_collide() {
+    fn ids_are_fields_or_last() {
         let k = Keys::default();
-        // an id that looks like a start plus an id
-        let a = k.sensor_window(SensorView::OneMinute, "a", 60_000);
-        let b = k.sensor_index(SensorView::OneMinute, "60000:a");
-        assert_ne!(a, b);
-        assert_eq!(a, "ll:v:sensor:1m:w:60000:a");
-        assert_ne!(
-            k.card_merchants(CardView::OneMinute, "x", 0),
-            k.card_countries(CardView::OneMinute, "x", 0)
+        assert_eq!(
+            k.sensor_windows(SensorView::OneMinute, 60_000),
+            "ll:v:sensor:1m:60000"
         );
+        assert_ne!(k.card_windows(60_000), k.card_sessions("60000"));
     }
 
     #[test]
-    fn hash_round_trip() {
-        let h: HashMap<String, String> = [
-            ("start", "60000"),
-            ("end", "120000"),
-            ("count", "2"),
-            ("t_sum", "43000000"),
-            ("t_min", "21.5"),
-            ("t_max", "21.5"),
-            ("v_sum", "600000"),
-            ("v_min", "0.3"),
-            ("v_max", "0.3"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_owned(), b.to_owned()))
-        .collect();
-        let agg = sensor_agg_from_hash(&h).unwrap();
-        assert_eq!(agg.count, 2);
-        assert_eq!(agg.temperature_c.mean(agg.count), 21.5);
-        assert_eq!(window_from_hash(&h).unwrap().end.millis(), 120_000);
-        let mut bad = h.clone();
-        bad.insert("count".into(), "x".into());
-        assert_eq!(sensor_agg_from_hash(&bad).unwrap_err().field, "count");
+    fn stored_forms_round_trip_exactly() {
+        let w = window(60_000, 120_000);
+        let a = SensorAgg {
+            count: 2,
+            temperature_c: Stat {
+                min: 0.1,
+                max: 21.500000000000004,
+                sum_micro: 21_600_000,
+            },
+            vibration_mm_s: Stat {
+                min: 0.0,
+                max: 9999.999,
+                sum_micro: 9_999_999_000,
+            },
+        };
+        let json = serde_json::to_string(&StoredSensor::new(w, &a).unwrap()).unwrap();
+        let back: StoredSensor = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.agg(), a);
+        assert_eq!(back.window(), w);
     }
 }
