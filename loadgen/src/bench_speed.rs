@@ -30,11 +30,12 @@ pub struct SpeedBenchArgs {
     /// Devices and cards of the workload.
     #[arg(long, default_value = "1000")]
     devices: usize,
-    #[arg(long, default_value = "10000")]
+    #[arg(long, default_value = "100000")]
     cards: usize,
 
-    /// Event time the pre-filled events span (in order, so none is late).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "20m")]
+    /// Event time the pre-filled events span (in order, so none is late). With the defaults a
+    /// device reports every 7 s and a card pays every 12 minutes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2h")]
     span: Duration,
 
     /// Rate of the freshness phase, events/s through ingest.
@@ -373,11 +374,7 @@ async fn freshness(
     let mut con = client.get_connection()?;
     let warm_ts = EventTime::now().millis();
     post_probe(&http, &url, "warm-up", warm_ts).await?;
-    let warm_key = keys.sensor_window(
-        SensorView::OneMinute,
-        "warm-up",
-        warm_ts.div_euclid(60_000) * 60_000,
-    );
+    let warm_key = keys.sensor_windows(SensorView::OneMinute, warm_ts.div_euclid(60_000) * 60_000);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !redis::cmd("EXISTS")
         .arg(&warm_key)
@@ -393,8 +390,8 @@ async fn freshness(
         "freshness: {} events/s for {:?} …",
         args.rate, args.freshness_duration
     );
-    // probes: (window key, acknowledged at)
-    let pending: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    // probes: ((window hash, device), acknowledged at)
+    let pending: Arc<Mutex<Vec<((String, String), Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
     let stop_poll = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
@@ -407,7 +404,7 @@ async fn freshness(
         std::thread::spawn(move || -> anyhow::Result<()> {
             let mut con = client.get_connection()?;
             loop {
-                let waiting: Vec<(String, Instant)> =
+                let waiting: Vec<((String, String), Instant)> =
                     pending.lock().map(|p| p.clone()).unwrap_or_default();
                 if waiting.is_empty() {
                     if stop_poll.load(std::sync::atomic::Ordering::Acquire) {
@@ -417,12 +414,12 @@ async fn freshness(
                     continue;
                 }
                 let mut pipe = redis::pipe();
-                for (k, _) in &waiting {
-                    pipe.cmd("EXISTS").arg(k);
+                for ((k, f), _) in &waiting {
+                    pipe.cmd("HEXISTS").arg(k).arg(f);
                 }
                 let found: Vec<bool> = pipe.query(&mut con)?;
                 let now = Instant::now();
-                let visible: Vec<&String> = waiting
+                let visible: Vec<&(String, String)> = waiting
                     .iter()
                     .zip(&found)
                     .filter(|(_, f)| **f)
@@ -483,10 +480,9 @@ async fn freshness(
             tokio::spawn(async move {
                 let ts = EventTime::now().millis();
                 if post_probe(&http, &url, &device, ts).await.is_ok() {
-                    let key = keys.sensor_window(
-                        SensorView::OneMinute,
-                        &device,
-                        ts.div_euclid(60_000) * 60_000,
+                    let key = (
+                        keys.sensor_windows(SensorView::OneMinute, ts.div_euclid(60_000) * 60_000),
+                        device,
                     );
                     if let Ok(mut p) = pending.lock() {
                         p.push((key, Instant::now()));

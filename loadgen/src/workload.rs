@@ -66,11 +66,19 @@ impl Workload {
                 .expect("valid"),
             currency: Currency::parse("currency", "EUR").expect("valid"),
             country: Country::parse("country", country).expect("valid"),
-            lat: 43.0 + self.rng.random_range(0..700) as f64 / 100.0,
-            lon: -1.0 + self.rng.random_range(0..900) as f64 / 100.0,
+            // a card is used around its home town (a fixed place per card, within ~5 km)
+            lat: home(card, 43.0, 7.0) + self.rng.random_range(-50..50) as f64 / 1000.0,
+            lon: home(card.wrapping_mul(7919), -1.0, 9.0)
+                + self.rng.random_range(-50..50) as f64 / 1000.0,
             ts,
         }
     }
+}
+
+/// A coordinate in `[base, base + span)` fixed by `n` (0.01° steps).
+fn home(n: usize, base: f64, span: f64) -> f64 {
+    let steps = (span * 100.0) as usize;
+    base + (n % steps) as f64 / 100.0
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 -- is. The caller computed the new value of every window and session the batch touched (it keeps
 -- the partition's state); the script writes them, so Redis spends one command per hash, not per
 -- event. The batch covers offsets [first, next). It is refused when the stored offset shows it was
--- already applied ('skip'), when it overlaps what was applied ('mismatch': the caller seeks to the
--- stored offset), or when one of its event ids was already counted ('dup': the caller drops those
--- events and sends the batch again). Keys are built by the caller (lambdalake_views::keys); the
--- dedupe sets are `{seen_base}:{minute}`.
+-- already applied ('skip') or when it does not start at the stored offset ('mismatch': the
+-- caller seeks to the stored offset and forgets its cached state). The stored offset fences a
+-- zombie instance: only the batch that continues the partition exactly is written. Keys are
+-- built by the caller (lambdalake_views::keys); the dedupe strings are `{seen_base}:{minute}`.
 --
 -- ARGV is read in order; see services/speed/src/apply.rs, which writes it.
 
@@ -52,29 +52,14 @@ if stored then
   if s > first or (s < first and not gap_ok) then return {'mismatch', stored} end
 end
 
--- 1. dedupe: nothing is written if any id was already counted
-local buckets = {}
-local dups = {}
-for b = 1, num() do
-  local minute = nxt()
-  local n = num()
-  local ids = {}
-  for k = 1, n do ids[k] = nxt() end
+-- 1. the event ids counted, appended to one string per event-time minute ("id\n" each; ids
+--    hold no whitespace): the speed layer keeps them in memory and reads them back on assignment
+for _ = 1, num() do
+  local minute, ids = nxt(), nxt()
   local key = seen_base .. ':' .. minute
-  local found = chunked('SMISMEMBER', key, ids)
-  for k = 1, n do
-    if found[k] == 1 then dups[#dups + 1] = ids[k] end
-  end
-  buckets[b] = {key, minute, ids}
-end
-if #dups > 0 then
-  table.insert(dups, 1, 'dup')
-  return dups
-end
-for _, b in ipairs(buckets) do
-  chunked('SADD', b[1], b[3])
-  redis.call('PEXPIRE', b[1], ttl)
-  redis.call('ZADD', seen_base, b[2], b[2])
+  redis.call('APPEND', key, ids)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', seen_base, minute, minute)
 end
 
 -- 2. hash writes (new values of windows and sessions): key, n, then n field/value pairs

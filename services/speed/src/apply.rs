@@ -43,8 +43,6 @@ pub enum Outcome {
     Mismatch {
         stored: i64,
     },
-    /// These event ids were already counted; nothing was written.
-    Duplicates(Vec<String>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +74,12 @@ pub fn apply(
 
     inv.arg(plan.ids_by_minute.len());
     for (minute, ids) in &plan.ids_by_minute {
-        inv.arg(*minute).arg(ids.len());
+        let mut joined = String::with_capacity(ids.iter().map(|i| i.len() + 1).sum());
         for id in ids {
-            inv.arg(id);
+            joined.push_str(id);
+            joined.push('\n');
         }
+        inv.arg(*minute).arg(joined);
     }
 
     // hash writes: one per (view, window start) for windows, one per card for sessions
@@ -174,7 +174,6 @@ fn parse_reply(reply: Value) -> Result<Outcome, ApplyError> {
         Some("ok") => Ok(Outcome::Applied),
         Some("skip") => Ok(Outcome::AlreadyApplied { stored: stored()? }),
         Some("mismatch") => Ok(Outcome::Mismatch { stored: stored()? }),
-        Some("dup") => Ok(Outcome::Duplicates(words[1..].to_vec())),
         _ => Err(ApplyError::Reply(format!("{reply:?}"))),
     }
 }

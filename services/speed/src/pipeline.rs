@@ -98,7 +98,8 @@ struct Work {
     live: Vec<usize>,
     late: Vec<(usize, i64, i64)>,
     invalid: Vec<usize>,
-    batch_duplicates: usize,
+    /// Copies of an event counted before or earlier in the batch.
+    duplicates: usize,
 }
 
 #[derive(Serialize)]
@@ -197,8 +198,10 @@ impl Pipeline {
         self.health.kafka_ok.store(true, Ordering::Release);
         let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
+            let collect_started = Instant::now();
             let batch = self.collect();
             if !batch.is_empty() {
+                tracing::debug!(collect = ?collect_started.elapsed(), "micro-batch collected");
                 self.apply_batch(batch);
             }
             if last_lag.elapsed() > Duration::from_secs(1) {
@@ -363,10 +366,11 @@ impl Pipeline {
                 live: Vec::with_capacity(recs.len()),
                 late: Vec::new(),
                 invalid: Vec::new(),
-                batch_duplicates: 0,
+                duplicates: 0,
                 recs: Vec::new(),
             };
             let mut ids: HashSet<&str> = HashSet::with_capacity(recs.len());
+            let counted = self.caches.get(&(ti, p));
             let wm = match (at_start[ti], floor) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -378,7 +382,9 @@ impl Pipeline {
                 };
                 match wm {
                     Some(w) if ts < w => work.late.push((i, w - ts, w)),
-                    _ if !ids.insert(id) => work.batch_duplicates += 1,
+                    _ if counted.is_some_and(|c| c.was_counted(id, ts)) || !ids.insert(id) => {
+                        work.duplicates += 1
+                    }
                     _ => work.live.push(i),
                 }
                 self.watermarks[ti].observe(p, ts, now);
@@ -390,27 +396,27 @@ impl Pipeline {
         out
     }
 
-    fn live_sensors<'w>(w: &'w Work, excluded: &HashSet<String>) -> Vec<&'w SensorReading> {
+    fn live_sensors(w: &Work) -> Vec<&SensorReading> {
         w.live
             .iter()
             .filter_map(|&i| match &w.recs[i].decoded {
-                Decoded::Sensor(r) if !excluded.contains(r.event_id.as_str()) => Some(r),
+                Decoded::Sensor(r) => Some(r),
                 _ => None,
             })
             .collect()
     }
 
-    fn live_payments<'w>(w: &'w Work, excluded: &HashSet<String>) -> Vec<&'w Payment> {
+    fn live_payments(w: &Work) -> Vec<&Payment> {
         w.live
             .iter()
             .filter_map(|&i| match &w.recs[i].decoded {
-                Decoded::Payment(p) if !excluded.contains(p.event_id.as_str()) => Some(p),
+                Decoded::Payment(p) => Some(p),
                 _ => None,
             })
             .collect()
     }
 
-    fn plan(&self, w: &Work, excluded: &HashSet<String>, now: i64) -> Plan {
+    fn plan(&self, w: &Work, now: i64) -> Plan {
         let reference = Reference {
             model: self.reference.model(),
             profiles: self.reference.profiles(),
@@ -421,23 +427,67 @@ impl Pipeline {
         let empty = PartCache::default();
         let cache = self.caches.get(&(w.topic, w.partition)).unwrap_or(&empty);
         match w.topic {
-            SENSORS => cache.plan_sensors(&Self::live_sensors(w, excluded), &reference),
+            SENSORS => cache.plan_sensors(&Self::live_sensors(w), &reference),
             _ => cache.plan_payments(
-                &Self::live_payments(w, excluded),
+                &Self::live_payments(w),
                 plan::history_horizon_ms(self.settings.lateness_ms),
                 &reference,
             ),
         }
     }
 
+    /// Read the event ids a partition counted before it was assigned here (minutes not behind
+    /// its floor), once per assignment.
+    fn load_seen(&mut self, parts: &[(usize, i32)]) -> redis::RedisResult<()> {
+        for &(ti, p) in parts {
+            let Some(cache) = self.caches.get(&(ti, p)) else {
+                continue;
+            };
+            if cache.seen_loaded {
+                continue;
+            }
+            let fresh = cache.restored_max_ts.is_none();
+            let floor = self.parts.get(&(ti, p)).and_then(|i| i.floor);
+            let index = self.keys.seen(&self.settings.topics[ti], p);
+            let mut seen: plan::FastMap<
+                i64,
+                std::collections::HashSet<String, foldhash::fast::RandomState>,
+            > = plan::FastMap::default();
+            if !fresh {
+                let from = floor.map_or("-inf".to_owned(), |f| plan::minute(f).to_string());
+                let con = self.connection()?;
+                let minutes: Vec<i64> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg(from)
+                    .arg("+inf")
+                    .query(con)?;
+                let mut pipe = redis::pipe();
+                for m in &minutes {
+                    pipe.cmd("GET").arg(format!("{index}:{m}"));
+                }
+                let values: Vec<Option<String>> = pipe.query(con)?;
+                for (m, v) in minutes.into_iter().zip(values) {
+                    let ids = seen.entry(m).or_default();
+                    for id in v.unwrap_or_default().split('\n').filter(|s| !s.is_empty()) {
+                        ids.insert(id.to_owned());
+                    }
+                }
+            }
+            if let Some(cache) = self.caches.get_mut(&(ti, p)) {
+                cache.seen = seen;
+                cache.seen_loaded = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Read what the batch touches and the cache does not hold, and refresh the reference data.
     fn load_state(&mut self, works: &[Work]) -> redis::RedisResult<()> {
-        let none = HashSet::new();
         let mut cards: HashSet<String> = HashSet::new();
         let mut devices: HashSet<String> = HashSet::new();
         let mut wanted: Vec<((usize, i32), plan::Missing)> = Vec::new();
         for w in works {
-            let (rs, ps) = (Self::live_sensors(w, &none), Self::live_payments(w, &none));
+            let (rs, ps) = (Self::live_sensors(w), Self::live_payments(w));
             devices.extend(rs.iter().map(|r| r.device_id.as_str().to_owned()));
             cards.extend(ps.iter().map(|p| p.card_id.as_str().to_owned()));
             if let Some(cache) = self.caches.get(&(w.topic, w.partition)) {
@@ -492,6 +542,22 @@ impl Pipeline {
         let records: usize = batch.values().map(Vec::len).sum();
         metrics::BATCH_RECORDS.observe(records as f64);
         let now = now_ms();
+        // the event ids counted before the assignment, to recognise copies
+        let parts: Vec<(usize, i32)> = batch.keys().copied().collect();
+        let mut delay = Duration::from_millis(50);
+        while let Err(e) = self.load_seen(&parts) {
+            self.con = None;
+            self.health.redis_ok.store(false, Ordering::Release);
+            metrics::APPLY_RETRIES
+                .with_label_values(&["redis_error"])
+                .inc();
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            tracing::warn!(error = %e, retry_in = ?delay, "cannot read the dedupe state from Redis; retrying");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
         let mut works = self.classify(batch, now);
         let watermark_after: [Option<i64>; 2] = [
             self.watermarks[SENSORS].watermark(now),
@@ -515,7 +581,8 @@ impl Pipeline {
             delay = (delay * 2).min(Duration::from_secs(5));
         };
 
-        // reference data and fraud history
+        let t_classified = started.elapsed();
+        // reference data and state not cached
         loop {
             match self.load_state(&works) {
                 Ok(()) => break,
@@ -533,11 +600,10 @@ impl Pipeline {
             }
         }
 
-        let mut plans: Vec<Plan> = works
-            .iter()
-            .map(|w| self.plan(w, &HashSet::new(), now))
-            .collect();
+        let t_loaded = started.elapsed();
+        let mut plans: Vec<Plan> = works.iter().map(|w| self.plan(w, now)).collect();
         let mut produced: HashSet<String> = HashSet::new();
+        let t_planned = started.elapsed();
         // side outputs first: late events, dead letters, alerts
         loop {
             match self.produce_side_outputs(&works, &plans, &mut produced) {
@@ -555,11 +621,11 @@ impl Pipeline {
             }
         }
 
+        let t_produced = started.elapsed();
         for (wi, w) in works.iter_mut().enumerate() {
             let topic = self.settings.topics[w.topic].clone();
             let first = w.recs.first().map_or(0, |r| r.offset);
             let next = w.recs.last().map_or(0, |r| r.offset + 1);
-            let mut excluded: HashSet<String> = HashSet::new();
             let mut gap_ok = false;
             loop {
                 let target = Target {
@@ -586,7 +652,6 @@ impl Pipeline {
                         self.applied(
                             w,
                             std::mem::take(&mut plans[wi]),
-                            excluded.len(),
                             next,
                             watermark_after[w.topic],
                         );
@@ -639,28 +704,6 @@ impl Pipeline {
                         self.reposition(w.topic, w.partition, stored, true);
                         break;
                     }
-                    Ok(Outcome::Duplicates(ids)) => {
-                        metrics::APPLY_RETRIES.with_label_values(&["dup"]).inc();
-                        excluded.extend(ids);
-                        plans[wi] = self.plan(w, &excluded, now);
-                        // alerts of the remaining events that were not produced yet
-                        let single = std::slice::from_ref(w);
-                        loop {
-                            match self.produce_alerts(
-                                single,
-                                std::slice::from_ref(&plans[wi]),
-                                &mut produced,
-                            ) {
-                                Ok(()) => break,
-                                Err(e) => {
-                                    if give_up(self) {
-                                        return;
-                                    }
-                                    backoff("cannot write alerts to Kafka", &e);
-                                }
-                            }
-                        }
-                    }
                     Err(e) => {
                         self.con = None;
                         self.health.redis_ok.store(false, Ordering::Release);
@@ -679,11 +722,20 @@ impl Pipeline {
             }
         }
         self.health.batches.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(
+            records,
+            classify = ?t_classified,
+            load = ?(t_loaded - t_classified),
+            plan = ?(t_planned - t_loaded),
+            side_outputs = ?(t_produced - t_planned),
+            apply = ?(started.elapsed() - t_produced),
+            "micro-batch applied"
+        );
         metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
     }
 
     /// After a successful apply: remember the new position and history, count.
-    fn applied(&mut self, w: &Work, plan: Plan, store_dups: usize, next: i64, wm: Option<i64>) {
+    fn applied(&mut self, w: &Work, plan: Plan, next: i64, wm: Option<i64>) {
         let topic = self.settings.topics[w.topic].clone();
         let topic = topic.as_str();
         let mut floor = wm;
@@ -699,7 +751,7 @@ impl Pipeline {
         ev.with_label_values(&[topic, "applied"])
             .inc_by(plan.events as u64);
         ev.with_label_values(&[topic, "duplicate"])
-            .inc_by((w.batch_duplicates + store_dups) as u64);
+            .inc_by(w.duplicates as u64);
         ev.with_label_values(&[topic, "late"])
             .inc_by(w.late.len() as u64);
         ev.with_label_values(&[topic, "invalid"])
@@ -807,20 +859,6 @@ impl Pipeline {
         Ok(())
     }
 
-    fn produce_alerts(
-        &self,
-        _works: &[Work],
-        plans: &[Plan],
-        produced: &mut HashSet<String>,
-    ) -> Result<(), ProduceError> {
-        let batch = self.producer.batch();
-        let mut sent = 0usize;
-        let alerts = self.queue_alerts(&batch, plans, produced, &mut sent)?;
-        self.await_batch(batch, sent)?;
-        produced.extend(alerts);
-        Ok(())
-    }
-
     fn queue_alerts(
         &self,
         batch: &lambdalake_kafka::Batch<'_>,
@@ -899,7 +937,11 @@ fn fill(
             if let Some(v) = v {
                 let s: StoredSensor =
                     serde_json::from_str(&v).map_err(|e| bad("sensor window", e))?;
-                cache.sensors.insert((view, start, device), s.agg());
+                cache
+                    .sensors
+                    .entry(device)
+                    .or_default()
+                    .insert((view, start), s.agg());
             }
         }
     }
@@ -908,7 +950,7 @@ fn fill(
         for (card, v) in cards.into_iter().zip(values) {
             if let Some(v) = v {
                 let s: StoredCard = serde_json::from_str(&v).map_err(|e| bad("card window", e))?;
-                cache.cards.insert((start, card), s.agg());
+                cache.cards.entry(card).or_default().insert(start, s.agg());
             }
         }
     }

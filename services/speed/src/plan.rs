@@ -12,6 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// A fast hash for the per-record maps (keys are ids, not attacker-chosen table sizes: a client
+/// can only add keys it sends events for, each costing a validated event).
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use lambdalake_events::{Payment, SensorReading};
 use lambdalake_views::fraud::{self, CardProfile, DeviceBaseline, Features, Model, Seen};
 use lambdalake_views::keys::SensorView;
@@ -28,6 +32,10 @@ pub fn history_horizon_ms(allowed_lateness_ms: i64) -> i64 {
 pub type SensorKey = (SensorView, i64, String);
 pub type CardKey = (i64, String);
 pub type History = Vec<(Seen, String)>;
+/// Per device: its windows by (view, start).
+pub type SensorState = FastMap<String, FastMap<(SensorView, i64), SensorAgg>>;
+/// Per card: its 1-minute windows by start.
+pub type CardState = FastMap<String, FastMap<i64, CardAgg>>;
 
 /// The committed state of one partition's keys that can still change.
 #[derive(Debug, Default)]
@@ -35,11 +43,15 @@ pub struct PartCache {
     /// Windows starting after this hold no event applied before the assignment (`None`: the
     /// partition had no stored state, nothing needs reading).
     pub restored_max_ts: Option<i64>,
-    pub sensors: HashMap<SensorKey, SensorAgg>,
-    pub cards: HashMap<CardKey, CardAgg>,
+    pub sensors: SensorState,
+    pub cards: CardState,
     /// Every stored session of a card (loaded whole).
-    pub sessions: HashMap<String, Vec<(Window, CardAgg)>>,
-    pub history: HashMap<String, History>,
+    pub sessions: FastMap<String, Vec<(Window, CardAgg)>>,
+    pub history: FastMap<String, History>,
+    /// Event ids counted, by event-time minute, for minutes not wholly behind the floor.
+    pub seen: FastMap<i64, std::collections::HashSet<String, foldhash::fast::RandomState>>,
+    /// Whether `seen` was read from Redis since the assignment.
+    pub seen_loaded: bool,
 }
 
 /// What must be read from Redis before a batch can be planned.
@@ -116,7 +128,7 @@ pub struct Reference<'a> {
     pub now_ms: i64,
 }
 
-fn minute(ts: i64) -> i64 {
+pub fn minute(ts: i64) -> i64 {
     ts.div_euclid(60_000)
 }
 
@@ -129,6 +141,13 @@ impl PartCache {
         }
     }
 
+    /// Whether an event id with event time `ts` was counted.
+    pub fn was_counted(&self, id: &str, ts: i64) -> bool {
+        self.seen
+            .get(&minute(ts))
+            .is_some_and(|ids| ids.contains(id))
+    }
+
     fn may_exist(&self, start: i64) -> bool {
         self.restored_max_ts.is_some_and(|m| start <= m)
     }
@@ -136,32 +155,40 @@ impl PartCache {
     /// The keys `readings` and `payments` touch that are neither cached nor known to be new.
     pub fn missing(&self, readings: &[&SensorReading], payments: &[&Payment]) -> Missing {
         let mut m = Missing::default();
+        if self.restored_max_ts.is_none() {
+            return m;
+        }
         for r in readings {
+            let device = r.device_id.as_str();
+            let cached = self.sensors.get(device);
             for view in SensorView::ALL {
                 for w in view.spec().assign(r.ts) {
                     let start = w.start.millis();
-                    let key = (view, start, r.device_id.as_str().to_owned());
-                    if self.may_exist(start) && !self.sensors.contains_key(&key) {
-                        m.sensors.entry((view, start)).or_default().insert(key.2);
+                    if self.may_exist(start)
+                        && !cached.is_some_and(|c| c.contains_key(&(view, start)))
+                    {
+                        m.sensors
+                            .entry((view, start))
+                            .or_default()
+                            .insert(device.to_owned());
                     }
                 }
             }
         }
         for p in payments {
             let card = p.card_id.as_str();
+            let cached = self.cards.get(card);
             for w in WindowSpec::ONE_MINUTE.assign(p.ts) {
                 let start = w.start.millis();
-                if self.may_exist(start) && !self.cards.contains_key(&(start, card.to_owned())) {
+                if self.may_exist(start) && !cached.is_some_and(|c| c.contains_key(&start)) {
                     m.cards.entry(start).or_default().insert(card.to_owned());
                 }
             }
-            if self.restored_max_ts.is_some() {
-                if !self.sessions.contains_key(card) {
-                    m.sessions.insert(card.to_owned());
-                }
-                if !self.history.contains_key(card) {
-                    m.history.insert(card.to_owned());
-                }
+            if !self.sessions.contains_key(card) {
+                m.sessions.insert(card.to_owned());
+            }
+            if !self.history.contains_key(card) {
+                m.history.insert(card.to_owned());
             }
         }
         m
@@ -170,7 +197,7 @@ impl PartCache {
     /// Plan a batch of sensor readings.
     pub fn plan_sensors(&self, readings: &[&SensorReading], reference: &Reference<'_>) -> Plan {
         let mut plan = Plan::default();
-        let mut windows: HashMap<(SensorView, i64, &str), (Window, SensorAgg)> = HashMap::new();
+        let mut windows: FastMap<(SensorView, i64, &str), (Window, SensorAgg)> = FastMap::default();
         for r in readings {
             let ts = r.ts.millis();
             plan.ids_by_minute
@@ -186,8 +213,8 @@ impl PartCache {
                         .entry((view, start, device))
                         .and_modify(|(_, a)| a.add(r))
                         .or_insert_with(|| {
-                            let key = (view, start, device.to_owned());
-                            let agg = match self.sensors.get(&key) {
+                            let old = self.sensors.get(device).and_then(|c| c.get(&(view, start)));
+                            let agg = match old {
                                 Some(old) => {
                                     let mut a = old.clone();
                                     a.add(r);
@@ -219,9 +246,9 @@ impl PartCache {
         reference: &Reference<'_>,
     ) -> Plan {
         let mut plan = Plan::default();
-        let mut windows: HashMap<(i64, &str), (Window, CardAgg)> = HashMap::new();
-        let mut sessions: HashMap<&str, SessionAggs<CardAgg>> = HashMap::new();
-        let mut history: HashMap<&str, History> = HashMap::new();
+        let mut windows: FastMap<(i64, &str), (Window, CardAgg)> = FastMap::default();
+        let mut sessions: FastMap<&str, SessionAggs<CardAgg>> = FastMap::default();
+        let mut history: FastMap<&str, History> = FastMap::default();
         let mut order: Vec<&str> = Vec::new();
         for p in payments {
             let card = p.card_id.as_str();
@@ -237,7 +264,8 @@ impl PartCache {
                     .entry((start, card))
                     .and_modify(|(_, a)| a.add(p))
                     .or_insert_with(|| {
-                        let agg = match self.cards.get(&(start, card.to_owned())) {
+                        let old = self.cards.get(card).and_then(|c| c.get(&start));
+                        let agg = match old {
                             Some(old) => {
                                 let mut a = old.clone();
                                 a.add(p);
@@ -324,11 +352,14 @@ impl PartCache {
     /// The plan was applied: its values become the cached state; what can no longer change
     /// (behind `floor`) is evicted.
     pub fn commit(&mut self, plan: Plan, floor: Option<i64>, ttl_ms: i64) {
-        for (key, _, agg) in plan.sensors {
-            self.sensors.insert(key, agg);
+        for ((view, start, device), _, agg) in plan.sensors {
+            self.sensors
+                .entry(device)
+                .or_default()
+                .insert((view, start), agg);
         }
-        for (key, _, agg) in plan.cards {
-            self.cards.insert(key, agg);
+        for ((start, card), _, agg) in plan.cards {
+            self.cards.entry(card).or_default().insert(start, agg);
         }
         for u in plan.sessions {
             self.sessions.insert(u.card, u.all);
@@ -336,16 +367,26 @@ impl PartCache {
         for (card, h) in plan.history {
             self.history.insert(card, h);
         }
+        for (m, ids) in plan.ids_by_minute {
+            self.seen.entry(m).or_default().extend(ids);
+        }
         let Some(floor) = floor else { return };
+        // a minute wholly behind the floor only has late events from now on
+        self.seen.retain(|m, _| (m + 1) * 60_000 > floor);
         let view_end = |view: SensorView, start: i64| match view.spec() {
             WindowSpec::Tumbling { size_ms } | WindowSpec::Sliding { size_ms, .. } => {
                 start + size_ms
             }
         };
         // a window ending at or before the floor receives only late events
-        self.sensors
-            .retain(|(view, start, _), _| view_end(*view, *start) > floor);
-        self.cards.retain(|(start, _), _| start + 60_000 > floor);
+        self.sensors.retain(|_, windows| {
+            windows.retain(|(view, start), _| view_end(*view, *start) > floor);
+            !windows.is_empty()
+        });
+        self.cards.retain(|_, windows| {
+            windows.retain(|start, _| start + 60_000 > floor);
+            !windows.is_empty()
+        });
         // a session ending before the floor cannot merge with any event applied from now on
         self.sessions
             .retain(|_, list| list.iter().any(|(w, _)| w.end.millis() >= floor));
@@ -486,6 +527,7 @@ mod tests {
         cache
             .history
             .insert("c".to_owned(), vec![(paris, "e1".to_owned())]);
+        cache.sessions.insert("c".to_owned(), Vec::new());
         // New York five minutes later
         let ny = payment("e2", "c", t0 + 300_000, 40.71, -74.0);
         let plan = cache.plan_payments(&[&ny], 600_000, &reference(&p, &b));

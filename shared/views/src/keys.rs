@@ -15,8 +15,8 @@
 //! | `{p}:v:card:session:{card}` | hash | field `{start}` → [`StoredCard`], one per session of the card |
 //! | `{p}:card:recent:{card}` | string | the card's recent payments (fraud history), JSON `[[ts, lat, lon, event_id], …]` |
 //! | `{p}:speed:part:{topic}:{partition}` | hash | `offset` (next to apply), `max_ts`, `watermark`, `updated_ms` |
-//! | `{p}:speed:seen:{topic}:{partition}:{minute}` | set | event ids applied, by event-time minute (dedupe) |
-//! | `{p}:speed:seen:{topic}:{partition}` | zset | index of the partition's dedupe sets |
+//! | `{p}:speed:seen:{topic}:{partition}:{minute}` | string | event ids applied with an event time in that minute, each followed by `\n` (dedupe) |
+//! | `{p}:speed:seen:{topic}:{partition}` | zset | the minutes that have a dedupe string |
 //! | `{p}:alerts` | zset | alerts as JSON, score = event time |
 //! | `{p}:model:fraud` | string | the fraud model (JSON [`crate::fraud::Model`]) published by the batch layer |
 //! | `{p}:profile:card:{card}` | string | a card profile (JSON [`crate::fraud::CardProfile`]) |
@@ -121,7 +121,7 @@ impl Keys {
         format!("{}:speed:part:{topic}:{partition}", self.prefix)
     }
 
-    /// Prefix of the dedupe sets of one partition (the script appends `:{minute}`).
+    /// Index of the dedupe strings of one partition; each is this key + `:{minute}`.
     pub fn seen(&self, topic: &str, partition: i32) -> String {
         format!("{}:speed:seen:{topic}:{partition}", self.prefix)
     }
