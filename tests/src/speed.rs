@@ -222,7 +222,10 @@ impl Setup {
             for w in WindowSpec::ONE_MINUTE.assign(p.ts) {
                 keys.insert(self.keys.card_windows(w.start.millis()));
             }
-            keys.insert(self.keys.card_sessions(p.card_id.as_str()));
+            keys.insert(
+                self.keys
+                    .card_sessions(p.ts.millis().div_euclid(60_000) * 60_000),
+            );
         }
         let prefix = pattern.trim_end_matches('*');
         keys.into_iter().filter(|k| k.starts_with(prefix)).collect()
@@ -254,20 +257,15 @@ impl Setup {
         let mut out = Keyed::new();
         for key in self.candidates(&pattern) {
             let fields: HashMap<String, String> = con.hgetall(&key).expect("hgetall");
-            for (field, json) in fields {
+            for (card, json) in fields {
                 let s: StoredCard = serde_json::from_str(&json).expect("stored card window");
-                let card = match view {
-                    CardView::OneMinute => {
-                        assert_eq!(key, self.keys.card_windows(s.start));
-                        field
-                    }
+                let expected_key = match view {
+                    CardView::OneMinute => self.keys.card_windows(s.start),
                     CardView::Session => {
-                        assert_eq!(field, s.start.to_string());
-                        key.strip_prefix(&format!("{}:v:card:session:", self.prefix))
-                            .expect("session key")
-                            .to_owned()
+                        self.keys.card_sessions(s.start.div_euclid(60_000) * 60_000)
                     }
                 };
+                assert_eq!(key, expected_key, "window in the wrong hash");
                 out.insert((card, s.window()), s.agg());
             }
         }

@@ -62,32 +62,30 @@ for _ = 1, num() do
   redis.call('ZADD', seen_base, minute, minute)
 end
 
--- 2. hash writes (new values of windows and sessions): key, n, then n field/value pairs
+-- 2. hash writes (new values of windows, sessions and card states): key, n, then n field/value
+--    pairs, passed to HSET straight from ARGV
+local CH = 4000 -- arguments per call, even
 for _ = 1, num() do
   local key = nxt()
-  local n = num()
-  local args = {}
-  for k = 1, 2 * n do args[k] = nxt() end
-  chunked('HSET', key, args)
+  local last = i + 2 * num()
+  for c = i + 1, last, CH do
+    redis.call('HSET', key, unpack(ARGV, c, math.min(c + CH - 1, last)))
+  end
+  i = last
   redis.call('PEXPIRE', key, ttl)
 end
 
--- 3. hash field deletes (sessions merged into another): key, n, fields
+-- 3. hash field deletes (sessions that moved, cards forgotten): key, n, fields
 for _ = 1, num() do
   local key = nxt()
-  local n = num()
-  local fields = {}
-  for k = 1, n do fields[k] = nxt() end
-  chunked('HDEL', key, fields)
+  local last = i + num()
+  for c = i + 1, last, CH do
+    redis.call('HDEL', key, unpack(ARGV, c, math.min(c + CH - 1, last)))
+  end
+  i = last
 end
 
--- 4. string writes (fraud histories): key, value
-for _ = 1, num() do
-  local key, value = nxt(), nxt()
-  redis.call('SET', key, value, 'PX', ttl)
-end
-
--- 5. alerts: key, kept, entries (score, json)
+-- 4. alerts: key, kept, entries (score, json)
 local akey, kept = nxt(), num()
 local n_alerts = num()
 if n_alerts > 0 then
@@ -100,7 +98,7 @@ if n_alerts > 0 then
   redis.call('ZREMRANGEBYRANK', akey, 0, -(kept + 1))
 end
 
--- 6. the partition's state; dedupe sets wholly behind the watermark can no longer be needed
+-- 5. the partition's state; dedupe sets wholly behind the watermark can no longer be needed
 local function maxn(a, b)
   if a == nil then return b end
   if b == nil then return a end

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use lambdalake_views::keys::{Keys, StoredCard, StoredSensor};
 use redis::{Script, Value};
 
-use crate::plan::{Plan, history_json};
+use crate::plan::Plan;
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("apply.lua")));
 
@@ -82,7 +82,7 @@ pub fn apply(
         inv.arg(*minute).arg(joined);
     }
 
-    // hash writes: one per (view, window start) for windows, one per card for sessions
+    // hash writes: one per (view, window start) for windows
     let mut hashes: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for ((view, start, device), w, agg) in &plan.sensors {
         let stored = StoredSensor::new(*w, agg).map_err(|e| ApplyError::Reply(e.to_string()))?;
@@ -97,16 +97,45 @@ pub fn apply(
             .or_default()
             .push((card.clone(), json(&StoredCard::new(*w, agg))?));
     }
+    // the session view, by the minute a session starts in (one session per card and minute)
+    let minute = |ms: i64| ms.div_euclid(60_000) * 60_000;
+    let mut deletes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for u in &plan.sessions {
-        if u.write.is_empty() {
-            continue;
-        }
-        let fields = hashes.entry(keys.card_sessions(&u.card)).or_default();
+        let written: Vec<i64> = u
+            .write
+            .iter()
+            .map(|(w, _)| minute(w.start.millis()))
+            .collect();
         for (w, agg) in &u.write {
-            fields.push((
-                w.start.millis().to_string(),
-                json(&StoredCard::new(*w, agg))?,
-            ));
+            hashes
+                .entry(keys.card_sessions(minute(w.start.millis())))
+                .or_default()
+                .push((u.card.clone(), json(&StoredCard::new(*w, agg))?));
+        }
+        for start in &u.delete {
+            // a session merged into one starting in the same minute is overwritten, not deleted
+            if !written.contains(&minute(*start)) {
+                deletes
+                    .entry(keys.card_sessions(minute(*start)))
+                    .or_default()
+                    .push(u.card.clone());
+            }
+        }
+    }
+    // what each card remembers, for a restart
+    if !plan.card_memory.is_empty() || !plan.forget.is_empty() {
+        let key = keys.speed_cards(target.topic, target.partition);
+        for (card, m) in &plan.card_memory {
+            hashes
+                .entry(key.clone())
+                .or_default()
+                .push((card.clone(), m.to_json()));
+        }
+        if !plan.forget.is_empty() {
+            deletes
+                .entry(key)
+                .or_default()
+                .extend(plan.forget.iter().cloned());
         }
     }
     inv.arg(hashes.len());
@@ -116,23 +145,12 @@ pub fn apply(
             inv.arg(f).arg(v);
         }
     }
-
-    let deletes: Vec<&crate::plan::SessionUpdate> = plan
-        .sessions
-        .iter()
-        .filter(|u| !u.delete.is_empty())
-        .collect();
     inv.arg(deletes.len());
-    for u in deletes {
-        inv.arg(keys.card_sessions(&u.card)).arg(u.delete.len());
-        for start in &u.delete {
-            inv.arg(*start);
+    for (key, fields) in &deletes {
+        inv.arg(key).arg(fields.len());
+        for f in fields {
+            inv.arg(f);
         }
-    }
-
-    inv.arg(plan.history.len());
-    for (card, h) in &plan.history {
-        inv.arg(keys.card_recent(card)).arg(history_json(h));
     }
 
     inv.arg(keys.alerts())

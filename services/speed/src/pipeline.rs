@@ -500,7 +500,7 @@ impl Pipeline {
         let keys = self.keys.clone();
         if !wanted.is_empty() {
             let mut pipe = redis::pipe();
-            for (_, m) in &wanted {
+            for (part, m) in &wanted {
                 for ((view, start), devices) in &m.sensors {
                     pipe.cmd("HMGET")
                         .arg(keys.sensor_windows(*view, *start))
@@ -509,11 +509,11 @@ impl Pipeline {
                 for (start, cards) in &m.cards {
                     pipe.cmd("HMGET").arg(keys.card_windows(*start)).arg(cards);
                 }
-                for card in &m.sessions {
-                    pipe.cmd("HGETALL").arg(keys.card_sessions(card));
-                }
-                for card in &m.history {
-                    pipe.cmd("GET").arg(keys.card_recent(card));
+                if !m.card_memory.is_empty() {
+                    let (ti, p) = *part;
+                    pipe.cmd("HMGET")
+                        .arg(keys.speed_cards(&self.settings.topics[ti], p))
+                        .arg(&m.card_memory);
                 }
             }
             let mut replies: std::vec::IntoIter<redis::Value> = pipe
@@ -954,21 +954,14 @@ fn fill(
             }
         }
     }
-    for card in m.sessions {
-        let fields: HashMap<String, String> = FromRedisValue::from_redis_value(next()?)?;
-        let mut list = Vec::with_capacity(fields.len());
-        for v in fields.values() {
-            let s: StoredCard = serde_json::from_str(v).map_err(|e| bad("card session", e))?;
-            list.push((s.window(), s.agg()));
+    if !m.card_memory.is_empty() {
+        let values: Vec<Option<String>> = FromRedisValue::from_redis_value(next()?)?;
+        for (card, v) in m.card_memory.into_iter().zip(values) {
+            let memory = v
+                .map(|v| plan::CardMemory::from_json(&v))
+                .unwrap_or_default();
+            cache.card_memory.insert(card, memory);
         }
-        list.sort_by_key(|(w, _)| w.start);
-        cache.sessions.insert(card, list);
-    }
-    for card in m.history {
-        let v: Option<String> = FromRedisValue::from_redis_value(next()?)?;
-        cache
-            .history
-            .insert(card, v.map(|v| plan::parse_history(&v)).unwrap_or_default());
     }
     Ok(())
 }

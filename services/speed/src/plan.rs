@@ -45,13 +45,66 @@ pub struct PartCache {
     pub restored_max_ts: Option<i64>,
     pub sensors: SensorState,
     pub cards: CardState,
-    /// Every stored session of a card (loaded whole).
-    pub sessions: FastMap<String, Vec<(Window, CardAgg)>>,
-    pub history: FastMap<String, History>,
+    /// Per card: its open sessions and fraud history.
+    pub card_memory: FastMap<String, CardMemory>,
+    /// Cards whose state can go from Redis (nothing open, history too old); written with the
+    /// next plan.
+    pub forget: Vec<String>,
     /// Event ids counted, by event-time minute, for minutes not wholly behind the floor.
     pub seen: FastMap<i64, std::collections::HashSet<String, foldhash::fast::RandomState>>,
     /// Whether `seen` was read from Redis since the assignment.
     pub seen_loaded: bool,
+}
+
+/// What the speed layer remembers of a card between batches (and stores, to read it back after
+/// a restart): its sessions that can still grow and its recent payments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CardMemory {
+    pub sessions: Vec<(Window, CardAgg)>,
+    pub history: History,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct StoredMemory {
+    /// `[[ts, lat, lon, event_id], …]`
+    history: Vec<(i64, f64, f64, String)>,
+    sessions: Vec<lambdalake_views::keys::StoredCard>,
+}
+
+impl CardMemory {
+    pub fn to_json(&self) -> String {
+        let stored = StoredMemory {
+            history: self
+                .history
+                .iter()
+                .map(|(s, id)| (s.ts_ms, s.lat, s.lon, id.clone()))
+                .collect(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(w, a)| lambdalake_views::keys::StoredCard::new(*w, a))
+                .collect(),
+        };
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// Unreadable data counts as none: it only feeds fraud features and session merging.
+    pub fn from_json(json: &str) -> CardMemory {
+        match serde_json::from_str::<StoredMemory>(json) {
+            Ok(m) => CardMemory {
+                history: m
+                    .history
+                    .into_iter()
+                    .map(|(ts_ms, lat, lon, id)| (Seen { ts_ms, lat, lon }, id))
+                    .collect(),
+                sessions: m.sessions.iter().map(|s| (s.window(), s.agg())).collect(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable stored card state");
+                CardMemory::default()
+            }
+        }
+    }
 }
 
 /// What must be read from Redis before a batch can be planned.
@@ -59,16 +112,12 @@ pub struct PartCache {
 pub struct Missing {
     pub sensors: BTreeMap<(SensorView, i64), BTreeSet<String>>,
     pub cards: BTreeMap<i64, BTreeSet<String>>,
-    pub sessions: BTreeSet<String>,
-    pub history: BTreeSet<String>,
+    pub card_memory: BTreeSet<String>,
 }
 
 impl Missing {
     pub fn is_empty(&self) -> bool {
-        self.sensors.is_empty()
-            && self.cards.is_empty()
-            && self.sessions.is_empty()
-            && self.history.is_empty()
+        self.sensors.is_empty() && self.cards.is_empty() && self.card_memory.is_empty()
     }
 }
 
@@ -79,10 +128,12 @@ pub struct Plan {
     pub ids_by_minute: BTreeMap<i64, Vec<String>>,
     pub sensors: Vec<(SensorKey, Window, SensorAgg)>,
     pub cards: Vec<(CardKey, Window, CardAgg)>,
-    /// Per card: every session after the batch, the ones to write, and the starts to delete.
+    /// Per card: the sessions to write and the starts to delete in the session view.
     pub sessions: Vec<SessionUpdate>,
-    /// Per card: the history after the batch.
-    pub history: Vec<(String, History)>,
+    /// Per card: what it remembers after the batch.
+    pub card_memory: Vec<(String, CardMemory)>,
+    /// Cards whose stored state goes.
+    pub forget: Vec<String>,
     pub alerts: Vec<Alert>,
     /// Events the plan counts.
     pub events: usize,
@@ -93,7 +144,6 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct SessionUpdate {
     pub card: String,
-    pub all: Vec<(Window, CardAgg)>,
     pub write: Vec<(Window, CardAgg)>,
     pub delete: Vec<i64>,
 }
@@ -184,11 +234,8 @@ impl PartCache {
                     m.cards.entry(start).or_default().insert(card.to_owned());
                 }
             }
-            if !self.sessions.contains_key(card) {
-                m.sessions.insert(card.to_owned());
-            }
-            if !self.history.contains_key(card) {
-                m.history.insert(card.to_owned());
+            if !self.card_memory.contains_key(card) {
+                m.card_memory.insert(card.to_owned());
             }
         }
         m
@@ -280,7 +327,12 @@ impl PartCache {
                 .entry(card)
                 .or_insert_with(|| {
                     let mut s = SessionAggs::new(Sessions::CARD_GAP_MS);
-                    for (w, a) in self.sessions.get(card).into_iter().flatten() {
+                    for (w, a) in self
+                        .card_memory
+                        .get(card)
+                        .into_iter()
+                        .flat_map(|m| &m.sessions)
+                    {
                         s.add(*w, a.clone());
                     }
                     s
@@ -290,7 +342,10 @@ impl PartCache {
             // fraud: the card's history before this payment
             let known = history.entry(card).or_insert_with(|| {
                 order.push(card);
-                self.history.get(card).cloned().unwrap_or_default()
+                self.card_memory
+                    .get(card)
+                    .map(|m| m.history.clone())
+                    .unwrap_or_default()
             });
             let seen: Vec<Seen> = known.iter().map(|(s, _)| *s).collect();
             let profile = reference.profiles.get(card).and_then(Option::as_ref);
@@ -317,12 +372,15 @@ impl PartCache {
             .into_iter()
             .map(|((start, card), (w, agg))| ((start, card.to_owned()), w, agg))
             .collect();
-        for (card, s) in sessions {
-            let all = s.into_sessions();
-            let old = self
-                .sessions
+        for card in order {
+            let all = sessions
+                .remove(card)
+                .map(SessionAggs::into_sessions)
+                .unwrap_or_default();
+            let old: &[(Window, CardAgg)] = self
+                .card_memory
                 .get(card)
-                .map(Vec::as_slice)
+                .map(|m| m.sessions.as_slice())
                 .unwrap_or_default();
             let write: Vec<(Window, CardAgg)> = all
                 .iter()
@@ -336,16 +394,26 @@ impl PartCache {
                 .collect();
             plan.sessions.push(SessionUpdate {
                 card: card.to_owned(),
-                all,
                 write,
                 delete,
             });
-        }
-        for card in order {
             let mut h = history.remove(card).unwrap_or_default();
             trim_history(&mut h, horizon_ms);
-            plan.history.push((card.to_owned(), h));
+            plan.card_memory.push((
+                card.to_owned(),
+                CardMemory {
+                    sessions: all,
+                    history: h,
+                },
+            ));
         }
+        // a card forgotten and paying again keeps its new state
+        plan.forget = self
+            .forget
+            .iter()
+            .filter(|c| !plan.card_memory.iter().any(|(card, _)| card == *c))
+            .cloned()
+            .collect();
         plan
     }
 
@@ -361,12 +429,12 @@ impl PartCache {
         for ((start, card), _, agg) in plan.cards {
             self.cards.entry(card).or_default().insert(start, agg);
         }
-        for u in plan.sessions {
-            self.sessions.insert(u.card, u.all);
+        for (card, m) in plan.card_memory {
+            self.card_memory.insert(card, m);
         }
-        for (card, h) in plan.history {
-            self.history.insert(card, h);
-        }
+        let memory = &self.card_memory;
+        self.forget
+            .retain(|c| !plan.forget.contains(c) && !memory.contains_key(c));
         for (m, ids) in plan.ids_by_minute {
             self.seen.entry(m).or_default().extend(ids);
         }
@@ -387,14 +455,22 @@ impl PartCache {
             windows.retain(|start, _| start + 60_000 > floor);
             !windows.is_empty()
         });
-        // a session ending before the floor cannot merge with any event applied from now on
-        self.sessions
-            .retain(|_, list| list.iter().any(|(w, _)| w.end.millis() >= floor));
-        self.history.retain(|_, h| {
-            h.iter()
+        // a session ending before the floor cannot merge with any event applied from now on; a
+        // card with no open session and a history older than the TTL is forgotten
+        let forget = &mut self.forget;
+        self.card_memory.retain(|card, m| {
+            m.sessions.retain(|(w, _)| w.end.millis() >= floor);
+            let recent = m
+                .history
+                .iter()
                 .map(|(s, _)| s.ts_ms)
                 .max()
-                .is_some_and(|newest| newest >= floor - ttl_ms)
+                .is_some_and(|newest| newest >= floor - ttl_ms);
+            let keep = !m.sessions.is_empty() || recent;
+            if !keep {
+                forget.push(card.clone());
+            }
+            keep
         });
     }
 }
@@ -468,26 +544,6 @@ fn fraud_reasons(f: &Features) -> Vec<String> {
     .collect()
 }
 
-/// The stored form of a card's history: `[[ts, lat, lon, event_id], …]`.
-pub fn history_json(h: &History) -> String {
-    let rows: Vec<(i64, f64, f64, &str)> = h
-        .iter()
-        .map(|(s, id)| (s.ts_ms, s.lat, s.lon, id.as_str()))
-        .collect();
-    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
-}
-
-/// Parse a stored history; unreadable data counts as none (it only feeds features).
-pub fn parse_history(json: &str) -> History {
-    serde_json::from_str::<Vec<(i64, f64, f64, String)>>(json)
-        .map(|rows| {
-            rows.into_iter()
-                .map(|(ts_ms, lat, lon, id)| (Seen { ts_ms, lat, lon }, id))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use lambdalake_events::{Event, Policy};
@@ -524,10 +580,13 @@ mod tests {
             lon: 2.35,
         };
         let mut cache = PartCache::new(Some(t0));
-        cache
-            .history
-            .insert("c".to_owned(), vec![(paris, "e1".to_owned())]);
-        cache.sessions.insert("c".to_owned(), Vec::new());
+        cache.card_memory.insert(
+            "c".to_owned(),
+            CardMemory {
+                sessions: Vec::new(),
+                history: vec![(paris, "e1".to_owned())],
+            },
+        );
         // New York five minutes later
         let ny = payment("e2", "c", t0 + 300_000, 40.71, -74.0);
         let plan = cache.plan_payments(&[&ny], 600_000, &reference(&p, &b));
@@ -535,7 +594,7 @@ mod tests {
         assert_eq!(plan.alerts[0].alert_id, "fraud:e2");
         assert_eq!(plan.alerts[0].reasons, ["impossible_travel"]);
         assert_eq!(plan.alerts[0].model_version, "rules");
-        assert_eq!(plan.history[0].1.len(), 2);
+        assert_eq!(plan.card_memory[0].1.history.len(), 2);
         // without the history, no alert
         let plan = PartCache::new(None).plan_payments(&[&ny], 600_000, &reference(&p, &b));
         assert!(plan.alerts.is_empty());
@@ -550,13 +609,14 @@ mod tests {
         let first = payment("e1", "c", t0, 0.0, 0.0);
         let second = payment("e2", "c", t0 + gap + 60_000, 0.0, 0.0);
         let plan = cache.plan_payments(&[&first, &second], 600_000, &reference(&p, &b));
-        assert_eq!(plan.sessions[0].all.len(), 2);
+        assert_eq!(plan.card_memory[0].1.sessions.len(), 2);
         cache.commit(plan, None, 3_600_000);
         let bridge = payment("e3", "c", t0 + 60_000, 0.0, 0.0);
         let plan = cache.plan_payments(&[&bridge], 600_000, &reference(&p, &b));
         let u = &plan.sessions[0];
-        assert_eq!(u.all.len(), 1);
-        assert_eq!(u.all[0].1.count, 3);
+        let all = &plan.card_memory[0].1.sessions;
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1.count, 3);
         assert_eq!(u.delete, [t0 + gap + 60_000]);
         assert_eq!(u.write.len(), 1);
     }
@@ -576,16 +636,19 @@ mod tests {
     }
 
     #[test]
-    fn history_round_trips() {
-        let h = vec![(
-            Seen {
-                ts_ms: 1_764_064_800_123,
-                lat: -33.8688,
-                lon: 151.2093,
-            },
-            "a|b\"c".to_owned(),
-        )];
-        assert_eq!(parse_history(&history_json(&h)), h);
-        assert!(parse_history("garbage").is_empty());
+    fn card_memory_round_trips() {
+        let m = CardMemory {
+            sessions: Vec::new(),
+            history: vec![(
+                Seen {
+                    ts_ms: 1_764_064_800_123,
+                    lat: -33.8688,
+                    lon: 151.2093,
+                },
+                "a|b\"c".to_owned(),
+            )],
+        };
+        assert_eq!(CardMemory::from_json(&m.to_json()), m);
+        assert_eq!(CardMemory::from_json("garbage"), CardMemory::default());
     }
 }

@@ -12,8 +12,8 @@
 //! |---|---|---|
 //! | `{p}:v:sensor:{view}:{start}` | hash | field `{device}` → [`StoredSensor`], `view` = `1m` or `5m1m` |
 //! | `{p}:v:card:1m:{start}` | hash | field `{card}` → [`StoredCard`] |
-//! | `{p}:v:card:session:{card}` | hash | field `{start}` → [`StoredCard`], one per session of the card |
-//! | `{p}:card:recent:{card}` | string | the card's recent payments (fraud history), JSON `[[ts, lat, lon, event_id], …]` |
+//! | `{p}:v:card:session:{minute}` | hash | field `{card}` → [`StoredCard`]: the card's session starting in that minute (epoch ms of the minute; sessions are 30 min apart, so one per card) |
+//! | `{p}:speed:cards:{topic}:{partition}` | hash | field `{card}` → the speed layer's state of a card: its recent payments (fraud history) and open sessions, read back on assignment |
 //! | `{p}:speed:part:{topic}:{partition}` | hash | `offset` (next to apply), `max_ts`, `watermark`, `updated_ms` |
 //! | `{p}:speed:seen:{topic}:{partition}:{minute}` | string | event ids applied with an event time in that minute, each followed by `\n` (dedupe) |
 //! | `{p}:speed:seen:{topic}:{partition}` | zset | the minutes that have a dedupe string |
@@ -111,9 +111,15 @@ impl Keys {
         format!("{}:v:card:1m:{start_ms}", self.prefix)
     }
 
-    /// The hash of one card's sessions (field = session start, epoch ms).
-    pub fn card_sessions(&self, card: &str) -> String {
-        format!("{}:v:card:session:{card}", self.prefix)
+    /// The hash of the card sessions starting in the minute that starts at `minute_ms`
+    /// (field = card id).
+    pub fn card_sessions(&self, minute_ms: i64) -> String {
+        format!("{}:v:card:session:{minute_ms}", self.prefix)
+    }
+
+    /// The speed layer's per-card state of one payments partition (field = card id).
+    pub fn speed_cards(&self, topic: &str, partition: i32) -> String {
+        format!("{}:speed:cards:{topic}:{partition}", self.prefix)
     }
 
     /// The speed layer's stored state of one partition (next offset, watermark).
@@ -124,10 +130,6 @@ impl Keys {
     /// Index of the dedupe strings of one partition; each is this key + `:{minute}`.
     pub fn seen(&self, topic: &str, partition: i32) -> String {
         format!("{}:speed:seen:{topic}:{partition}", self.prefix)
-    }
-
-    pub fn card_recent(&self, card: &str) -> String {
-        format!("{}:card:recent:{card}", self.prefix)
     }
 
     pub fn alerts(&self) -> String {
@@ -264,7 +266,7 @@ mod tests {
             k.sensor_windows(SensorView::OneMinute, 60_000),
             "ll:v:sensor:1m:60000"
         );
-        assert_ne!(k.card_windows(60_000), k.card_sessions("60000"));
+        assert_ne!(k.card_windows(60_000), k.card_sessions(60_000));
     }
 
     #[test]
