@@ -95,7 +95,7 @@ pub fn apply(
         hashes
             .entry(keys.card_windows(*start))
             .or_default()
-            .push((card.clone(), json(&StoredCard::new(*w, agg))?));
+            .push((card.clone(), StoredCard::json(*w, agg)));
     }
     // the session view, by the minute a session starts in (one session per card and minute)
     let minute = |ms: i64| ms.div_euclid(60_000) * 60_000;
@@ -110,7 +110,7 @@ pub fn apply(
             hashes
                 .entry(keys.card_sessions(minute(w.start.millis())))
                 .or_default()
-                .push((u.card.clone(), json(&StoredCard::new(*w, agg))?));
+                .push((u.card.clone(), StoredCard::json(*w, agg)));
         }
         for start in &u.delete {
             // a session merged into one starting in the same minute is overwritten, not deleted

@@ -64,7 +64,7 @@ pub struct CardMemory {
     pub history: History,
 }
 
-#[derive(Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct StoredMemory {
     /// `[[ts, lat, lon, event_id], …]`
     history: Vec<(i64, f64, f64, String)>,
@@ -72,20 +72,26 @@ struct StoredMemory {
 }
 
 impl CardMemory {
+    /// `{"history": [[ts, lat, lon, event_id], …], "sessions": [StoredCard, …]}`, written from
+    /// borrowed parts.
     pub fn to_json(&self) -> String {
-        let stored = StoredMemory {
-            history: self
-                .history
-                .iter()
-                .map(|(s, id)| (s.ts_ms, s.lat, s.lon, id.clone()))
-                .collect(),
-            sessions: self
-                .sessions
-                .iter()
-                .map(|(w, a)| lambdalake_views::keys::StoredCard::new(*w, a))
-                .collect(),
-        };
-        serde_json::to_string(&stored).unwrap_or_default()
+        let history: Vec<(i64, f64, f64, &str)> = self
+            .history
+            .iter()
+            .map(|(s, id)| (s.ts_ms, s.lat, s.lon, id.as_str()))
+            .collect();
+        let mut out = String::with_capacity(64 + 160 * (history.len() + self.sessions.len()));
+        out.push_str("{\"history\":");
+        out.push_str(&serde_json::to_string(&history).unwrap_or_else(|_| "[]".to_owned()));
+        out.push_str(",\"sessions\":[");
+        for (i, (w, a)) in self.sessions.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&lambdalake_views::keys::StoredCard::json(*w, a));
+        }
+        out.push_str("]}");
+        out
     }
 
     /// Unreadable data counts as none: it only feeds fraud features and session merging.

@@ -220,7 +220,33 @@ impl StoredSensor {
     }
 }
 
+/// [`StoredCard`]'s JSON, written from a borrowed aggregate (no copy of the id sets).
+#[derive(Serialize)]
+struct StoredCardRef<'a> {
+    start: i64,
+    end: i64,
+    count: u64,
+    amount_sum: i64,
+    amount_max: i64,
+    merchants: &'a std::collections::BTreeSet<String>,
+    countries: &'a std::collections::BTreeSet<String>,
+}
+
 impl StoredCard {
+    /// The JSON of [`StoredCard::new`]`(w, a)`, without building it.
+    pub fn json(w: Window, a: &CardAgg) -> String {
+        serde_json::to_string(&StoredCardRef {
+            start: w.start.millis(),
+            end: w.end.millis(),
+            count: a.count,
+            amount_sum: a.amount_sum_cents,
+            amount_max: a.amount_max_cents,
+            merchants: &a.merchants,
+            countries: &a.countries,
+        })
+        .unwrap_or_default()
+    }
+
     pub fn new(w: Window, a: &CardAgg) -> Self {
         StoredCard {
             start: w.start.millis(),
@@ -289,5 +315,17 @@ mod tests {
         let back: StoredSensor = serde_json::from_str(&json).unwrap();
         assert_eq!(back.agg(), a);
         assert_eq!(back.window(), w);
+
+        let c = CardAgg {
+            count: 3,
+            amount_sum_cents: 1_000_001,
+            amount_max_cents: 999_999,
+            merchants: ["m1".to_owned(), "m\"2".to_owned()].into(),
+            countries: ["FR".to_owned()].into(),
+        };
+        let json = StoredCard::json(w, &c);
+        assert_eq!(json, serde_json::to_string(&StoredCard::new(w, &c)).unwrap());
+        let back: StoredCard = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.agg(), c);
     }
 }
