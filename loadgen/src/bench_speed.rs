@@ -57,6 +57,11 @@ pub struct SpeedBenchArgs {
     )]
     redis_url: String,
 
+    /// Keep the bench's Redis keys (by default they are deleted after each phase, so a run
+    /// leaves Redis as it found it).
+    #[arg(long)]
+    keep_keys: bool,
+
     /// Where to write the JSON result.
     #[arg(long, default_value = "results/bench-speed.json")]
     out: PathBuf,
@@ -309,6 +314,9 @@ pub async fn run(args: SpeedBenchArgs) -> anyhow::Result<()> {
     eprintln!("speed layer: {:.0} events/s", speed.events_per_second);
     stop.cancel();
     handle.await?.map_err(anyhow::Error::msg)?;
+    if !args.keep_keys {
+        delete_prefix(&mut con, &prefix)?;
+    }
 
     let freshness = if args.freshness_duration.is_zero() {
         None
@@ -513,6 +521,9 @@ async fn freshness(
     stop_ingest.cancel();
     speed_task.await?.map_err(anyhow::Error::msg)?;
     ingest_task.await??;
+    if !args.keep_keys {
+        delete_prefix(&mut con, &prefix)?;
+    }
     if missing > 0 {
         bail!("{missing} probes never became visible in Redis");
     }
@@ -527,6 +538,26 @@ async fn freshness(
         p99_ms: ms(0.99),
         max_ms: h.max() as f64 / 1000.0,
     })
+}
+
+/// Delete every key under `prefix:` (a bench's own keys).
+fn delete_prefix(con: &mut redis::Connection, prefix: &str) -> anyhow::Result<()> {
+    let keys: Vec<String> = {
+        let iter: redis::Iter<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .clone()
+            .iter(con)?;
+        iter.collect::<Result<_, _>>()?
+    };
+    for chunk in keys.chunks(10_000) {
+        redis::cmd("UNLINK").arg(chunk).query::<()>(con)?;
+    }
+    eprintln!("deleted {} keys under {prefix}:", keys.len());
+    Ok(())
 }
 
 async fn post_probe(

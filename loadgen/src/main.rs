@@ -41,6 +41,14 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // services the benchmarks run in-process log here; quiet unless LAMBDALAKE_LOG says otherwise
+    let telemetry = lambdalake_runtime::TelemetryArgs {
+        log_filter: std::env::var("LAMBDALAKE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        log_format: lambdalake_runtime::telemetry::LogFormat::Text,
+    };
+    if let Err(e) = lambdalake_runtime::telemetry::init(&telemetry) {
+        eprintln!("lambdalake-loadgen: {e}");
+    }
     let result = match cli.command {
         Command::Sample(args) => sample::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,

@@ -636,3 +636,40 @@ async fn two_instances_split_the_partitions_and_one_takes_over_after_a_kill() {
     s.wait_applied(Duration::from_secs(90));
     s.assert_views(&s.sensors.clone(), &s.payments.clone());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_redis_the_service_runs_but_is_not_ready() {
+    let s = Setup::new();
+    let config = <lambdalake_speed::Config as clap::Parser>::try_parse_from([
+        "lambdalake-speed",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--topic-sensor-readings",
+        &s.sensor,
+        "--topic-payments",
+        &s.payment,
+        "--group",
+        &s.group,
+    ])
+    .unwrap();
+    let app = lambdalake_speed::Application::build(config)
+        .await
+        .expect("starts without Redis");
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("redis"));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stops while Redis is down")
+        .unwrap()
+        .unwrap();
+}

@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "LAMBDALAKE_SPEED_CLOSE_WHEN_CAUGHT_UP", default_value_t = true, action = ArgAction::Set)]
     pub close_when_caught_up: bool,
 
+    /// Longest the broker may hold a fetch when the consumer has caught up (librdkafka's
+    /// `fetch.wait.max.ms`): the floor of the speed layer's latency at low rates.
+    #[arg(long, env = "LAMBDALAKE_SPEED_FETCH_WAIT", value_parser = humantime::parse_duration, default_value = "10ms")]
+    pub fetch_wait: Duration,
+
     /// Allowed lateness: the watermark is the largest event time seen minus this.
     #[arg(long, env = "LAMBDALAKE_SPEED_ALLOWED_LATENESS", value_parser = humantime::parse_duration, default_value = "30s")]
     pub allowed_lateness: Duration,
@@ -132,6 +137,17 @@ impl Config {
                 "LAMBDALAKE_SPEED_KEY_PREFIX must be non-empty without spaces, got {:?}",
                 self.key_prefix
             ));
+        }
+        if self
+            .kafka
+            .options
+            .iter()
+            .any(|(k, _)| k == "partition.assignment.strategy")
+        {
+            problems.push(
+                "--kafka-option partition.assignment.strategy cannot be set for the speed layer: its rebalance callback assigns partitions eagerly, at the offsets stored in Redis"
+                    .to_owned(),
+            );
         }
         if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
             problems.push(format!("LAMBDALAKE_REDIS_URL is not a Redis URL: {e}"));

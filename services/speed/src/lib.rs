@@ -77,15 +77,16 @@ impl Application {
             ensure_topics(&config.kafka, t, &names, Duration::from_secs(10)).await?;
         }
         let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
-        match redis
+        let redis_up = match redis
             .get_connection_with_timeout(Duration::from_secs(2))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
         {
-            Ok(_) => {}
+            Ok(_) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "Redis is not reachable yet; the speed layer waits for it")
+                tracing::warn!(error = %e, "Redis is not reachable yet; the speed layer waits for it");
+                false
             }
-        }
+        };
         let keys = Keys::new(config.key_prefix.clone());
         let tasks = Tasks::new();
         let producer = Producer::new(&config.kafka, &config.producer).map_err(StartError::Kafka)?;
@@ -93,7 +94,15 @@ impl Application {
         // eager rebalancing: the rebalance callback assigns with the offsets stored in Redis
         cc.set("partition.assignment.strategy", "roundrobin")
             // the statistics carry each partition's high watermark, for the lag metric
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            .set(
+                "fetch.wait.max.ms",
+                millis(config.fetch_wait).max(1).to_string(),
+            );
+        // the operator's --kafka-option still wins (the checks refused the strategy)
+        for (k, v) in &config.kafka.options {
+            cc.set(k, v);
+        }
         let consumer: BaseConsumer<consumer::Context> = cc
             .create_with_context(consumer::Context::new(
                 redis.clone(),
@@ -103,6 +112,7 @@ impl Application {
             .map_err(StartError::Kafka)?;
 
         let health = Arc::new(Health::default());
+        health.redis_ok.store(redis_up, Ordering::Release);
         let settings = Settings {
             trigger_interval: config.trigger_interval,
             max_batch: config.max_batch.get(),
@@ -133,10 +143,10 @@ impl Application {
         let readiness = Readiness::default();
         let h = health.clone();
         readiness.add("redis", move || {
-            if h.redis_ok.load(Ordering::Acquire) || h.batches.load(Ordering::Acquire) == 0 {
+            if h.redis_ok.load(Ordering::Acquire) {
                 Ok(())
             } else {
-                Err("the last write to Redis failed".to_owned())
+                Err("Redis is unreachable or the last write failed".to_owned())
             }
         });
         let h = health.clone();

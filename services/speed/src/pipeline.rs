@@ -120,9 +120,15 @@ struct DeadLetter<'a> {
     topic: &'a str,
     partition: i32,
     offset: i64,
-    /// The record's value, lossily decoded as UTF-8.
+    /// The record's value, lossily decoded as UTF-8, cut at [`DEAD_LETTER_PAYLOAD_BYTES`].
     payload: String,
+    /// The value's size in bytes (more than `payload` holds when it was cut).
+    payload_bytes: usize,
 }
+
+/// How much of an undecodable record a dead letter carries: enough to see what went wrong,
+/// never enough to exceed the broker's message size.
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +308,8 @@ impl Pipeline {
                         self.parts.remove(&(ti, p));
                         self.watermarks[ti].remove(p);
                         self.caches.remove(&(ti, p));
+                        let _ = metrics::CONSUMER_LAG
+                            .remove_label_values(&[topic.as_str(), &p.to_string()]);
                     }
                 }
                 Change::Assigned(parts) => {
@@ -571,8 +579,15 @@ impl Pipeline {
             }
         }
 
+        // the shutdown timeout runs from the moment shutdown is asked
+        let cancelled_at: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
         let give_up = |this: &Self| {
-            this.shutdown.is_cancelled() && started.elapsed() > this.settings.shutdown_timeout
+            if !this.shutdown.is_cancelled() {
+                return false;
+            }
+            let at = cancelled_at.get().unwrap_or_else(Instant::now);
+            cancelled_at.set(Some(at));
+            at.elapsed() > this.settings.shutdown_timeout
         };
         let mut delay = Duration::from_millis(50);
         let mut backoff = |what: &str, e: &dyn std::fmt::Display| {
@@ -585,7 +600,10 @@ impl Pipeline {
         // reference data and state not cached
         loop {
             match self.load_state(&works) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.health.redis_ok.store(true, Ordering::Release);
+                    break;
+                }
                 Err(e) => {
                     self.con = None;
                     self.health.redis_ok.store(false, Ordering::Release);
@@ -658,6 +676,7 @@ impl Pipeline {
                         break;
                     }
                     Ok(Outcome::AlreadyApplied { stored }) => {
+                        self.health.redis_ok.store(true, Ordering::Release);
                         metrics::APPLY_RETRIES.with_label_values(&["skip"]).inc();
                         tracing::info!(
                             topic,
@@ -670,6 +689,7 @@ impl Pipeline {
                         break;
                     }
                     Ok(Outcome::Mismatch { stored }) => {
+                        self.health.redis_ok.store(true, Ordering::Release);
                         if stored < first && !gap_ok {
                             // records between the stored offset and this batch: are they gone?
                             if let Ok((low, _)) = self.consumer.fetch_watermarks(
@@ -722,6 +742,18 @@ impl Pipeline {
             }
         }
         self.health.batches.fetch_add(1, Ordering::AcqRel);
+        let slow = started.elapsed() > Duration::from_millis(100);
+        if slow {
+            tracing::info!(
+                records,
+                classify = ?t_classified,
+                load = ?(t_loaded - t_classified),
+                plan = ?(t_planned - t_loaded),
+                side_outputs = ?(t_produced - t_planned),
+                apply = ?(started.elapsed() - t_produced),
+                "slow micro-batch"
+            );
+        }
         tracing::debug!(
             records,
             classify = ?t_classified,
@@ -846,7 +878,11 @@ impl Pipeline {
                     topic,
                     partition: w.partition,
                     offset: rec.offset,
-                    payload: String::from_utf8_lossy(&rec.payload).into_owned(),
+                    payload: String::from_utf8_lossy(
+                        &rec.payload[..rec.payload.len().min(DEAD_LETTER_PAYLOAD_BYTES)],
+                    )
+                    .into_owned(),
+                    payload_bytes: rec.payload.len(),
                 })
                 .unwrap_or_default();
                 batch.send(sent, &self.settings.dead_letter_topic, &rec.key, &body)?;

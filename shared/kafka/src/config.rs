@@ -305,7 +305,7 @@ pub fn producer_config(kafka: &KafkaArgs, producer: &ProducerArgs) -> ClientConf
 
 /// A consumer configuration for `group`: offsets are never committed automatically (each service
 /// stores them with its results), reads start at the beginning when nothing is stored, and the
-/// fetch buffers are bounded.
+/// fetch buffers are bounded. `--kafka-option` still applies last (fetch sizes, timeouts).
 pub fn consumer_config(kafka: &KafkaArgs, group: &str) -> ClientConfig {
     let mut c = kafka.client_config();
     c.set("group.id", group)
@@ -316,6 +316,9 @@ pub fn consumer_config(kafka: &KafkaArgs, group: &str) -> ClientConfig {
         .set("max.partition.fetch.bytes", (4 * 1024 * 1024).to_string())
         .set("queued.max.messages.kbytes", (32 * 1024).to_string())
         .set("queued.min.messages", "100000");
+    for (k, v) in &kafka.options {
+        c.set(k, v);
+    }
     c
 }
 

@@ -324,7 +324,10 @@ mod tests {
             countries: ["FR".to_owned()].into(),
         };
         let json = StoredCard::json(w, &c);
-        assert_eq!(json, serde_json::to_string(&StoredCard::new(w, &c)).unwrap());
+        assert_eq!(
+            json,
+            serde_json::to_string(&StoredCard::new(w, &c)).unwrap()
+        );
         let back: StoredCard = serde_json::from_str(&json).unwrap();
         assert_eq!(back.agg(), c);
     }
