@@ -60,6 +60,24 @@ pub fn apply(
     target: &Target<'_>,
     plan: &Plan,
 ) -> Result<Outcome, ApplyError> {
+    run(con, &invocation(keys, target, plan)?)
+}
+
+/// Run a prepared script call (see [`invocation`]); it can be run again after a connection error.
+pub fn run(
+    con: &mut redis::Connection,
+    inv: &redis::ScriptInvocation<'static>,
+) -> Result<Outcome, ApplyError> {
+    let reply: Value = inv.invoke(con)?;
+    parse_reply(reply)
+}
+
+/// The script call that applies `plan` to `target`'s partition.
+pub fn invocation(
+    keys: &Keys,
+    target: &Target<'_>,
+    plan: &Plan,
+) -> Result<redis::ScriptInvocation<'static>, ApplyError> {
     let mut inv = SCRIPT.prepare_invoke();
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
     inv.arg(keys.partition(target.topic, target.partition))
@@ -160,8 +178,7 @@ pub fn apply(
         inv.arg(a.ts).arg(json(a)?);
     }
 
-    let reply: Value = inv.invoke(con)?;
-    parse_reply(reply)
+    Ok(inv)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, ApplyError> {

@@ -8,6 +8,7 @@
 //! assignment, partitions start at the offsets stored in Redis ([`consumer`]). The key scheme is
 //! `lambdalake_views::keys`; `docs/speed-layer.md` documents the whole design.
 
+pub mod applier;
 pub mod apply;
 mod config;
 pub mod consumer;

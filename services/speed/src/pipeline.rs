@@ -21,6 +21,7 @@ use lambdalake_views::Watermarks;
 use lambdalake_views::keys::Keys;
 use serde::Serialize;
 
+use crate::applier::{Applier, Counts, Job, Report};
 use crate::apply::{self, Outcome, Target};
 use crate::consumer::{Change, Context, PartState};
 use crate::metrics;
@@ -88,6 +89,10 @@ struct PartInfo {
     expect: Option<i64>,
     /// The stored watermark: events behind it are late, whatever the operator watermark says.
     floor: Option<i64>,
+    /// Increases at every (re)position; jobs of older epochs are dropped.
+    epoch: u64,
+    /// The next job may start after the stored offset (retention deleted the records between).
+    gap_ok: bool,
 }
 
 /// One partition's share of a micro-batch, classified.
@@ -153,6 +158,10 @@ pub struct Pipeline {
     shutdown: CancellationToken,
     health: Arc<Health>,
     policy: Policy,
+    epoch_seq: u64,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    reports: std::sync::mpsc::Receiver<Report>,
+    applier: Option<std::thread::JoinHandle<()>>,
 }
 
 fn now_ms() -> i64 {
@@ -175,6 +184,19 @@ impl Pipeline {
         health: Arc<Health>,
     ) -> Self {
         let wm = Watermarks::new(settings.lateness_ms, settings.idle_ms);
+        // about two micro-batches of partitions in flight: planning runs ahead of Redis, not away
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel(16);
+        let (report_tx, reports) = std::sync::mpsc::channel();
+        let applier = Applier {
+            redis: redis.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+            shutdown_timeout: settings.shutdown_timeout,
+        };
+        let applier = std::thread::Builder::new()
+            .name("speed-applier".to_owned())
+            .spawn(move || applier.run(job_rx, report_tx))
+            .ok();
         Pipeline {
             settings,
             consumer,
@@ -190,6 +212,10 @@ impl Pipeline {
             shutdown,
             health,
             policy: Policy::stored(),
+            epoch_seq: 0,
+            jobs: Some(jobs),
+            reports,
+            applier,
         }
     }
 
@@ -204,6 +230,7 @@ impl Pipeline {
         self.health.kafka_ok.store(true, Ordering::Release);
         let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
+            self.handle_reports();
             let collect_started = Instant::now();
             let batch = self.collect();
             if !batch.is_empty() {
@@ -214,6 +241,11 @@ impl Pipeline {
                 self.report_lag();
                 last_lag = Instant::now();
             }
+        }
+        // the applier finishes the micro-batches already planned
+        drop(self.jobs.take());
+        if let Some(applier) = self.applier.take() {
+            let _ = applier.join();
         }
         tracing::info!("speed layer stopping: leaving the consumer group");
         self.consumer.unsubscribe();
@@ -329,11 +361,14 @@ impl Pipeline {
     }
 
     fn assign(&mut self, ti: usize, p: i32, st: PartState, now: i64) {
+        self.epoch_seq += 1;
         self.parts.insert(
             (ti, p),
             PartInfo {
                 expect: st.offset,
                 floor: st.watermark,
+                epoch: self.epoch_seq,
+                gap_ok: false,
             },
         );
         match st.max_ts {
@@ -566,7 +601,7 @@ impl Pipeline {
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        let mut works = self.classify(batch, now);
+        let works = self.classify(batch, now);
         let watermark_after: [Option<i64>; 2] = [
             self.watermarks[SENSORS].watermark(now),
             self.watermarks[PAYMENTS].watermark(now),
@@ -619,7 +654,7 @@ impl Pipeline {
         }
 
         let t_loaded = started.elapsed();
-        let mut plans: Vec<Plan> = works.iter().map(|w| self.plan(w, now)).collect();
+        let plans: Vec<Plan> = works.iter().map(|w| self.plan(w, now)).collect();
         let mut produced: HashSet<String> = HashSet::new();
         let t_planned = started.elapsed();
         // side outputs first: late events, dead letters, alerts
@@ -640,108 +675,11 @@ impl Pipeline {
         }
 
         let t_produced = started.elapsed();
-        for (wi, w) in works.iter_mut().enumerate() {
-            let topic = self.settings.topics[w.topic].clone();
-            let first = w.recs.first().map_or(0, |r| r.offset);
-            let next = w.recs.last().map_or(0, |r| r.offset + 1);
-            let mut gap_ok = false;
-            loop {
-                let target = Target {
-                    topic: &topic,
-                    partition: w.partition,
-                    first,
-                    next,
-                    watermark: watermark_after[w.topic],
-                    now_ms: now,
-                    ttl_ms: self.settings.ttl_ms,
-                    alerts_kept: self.settings.alerts_kept,
-                    gap_ok,
-                };
-                let keys = self.keys.clone();
-                let t0 = Instant::now();
-                let result = self
-                    .connection()
-                    .map_err(apply::ApplyError::from)
-                    .and_then(|con| apply::apply(con, &keys, &target, &plans[wi]));
-                metrics::REDIS_WRITE_SECONDS.observe(t0.elapsed().as_secs_f64());
-                match result {
-                    Ok(Outcome::Applied) => {
-                        self.health.redis_ok.store(true, Ordering::Release);
-                        self.applied(
-                            w,
-                            std::mem::take(&mut plans[wi]),
-                            next,
-                            watermark_after[w.topic],
-                        );
-                        break;
-                    }
-                    Ok(Outcome::AlreadyApplied { stored }) => {
-                        self.health.redis_ok.store(true, Ordering::Release);
-                        metrics::APPLY_RETRIES.with_label_values(&["skip"]).inc();
-                        tracing::info!(
-                            topic,
-                            partition = w.partition,
-                            stored,
-                            next,
-                            "micro-batch already applied; skipping"
-                        );
-                        self.reposition(w.topic, w.partition, stored, stored > next);
-                        break;
-                    }
-                    Ok(Outcome::Mismatch { stored }) => {
-                        self.health.redis_ok.store(true, Ordering::Release);
-                        if stored < first && !gap_ok {
-                            // records between the stored offset and this batch: are they gone?
-                            if let Ok((low, _)) = self.consumer.fetch_watermarks(
-                                &topic,
-                                w.partition,
-                                Duration::from_secs(5),
-                            ) {
-                                if low > stored {
-                                    tracing::error!(
-                                        topic,
-                                        partition = w.partition,
-                                        stored,
-                                        low,
-                                        "records after the stored offset were deleted by retention before the speed layer applied them; continuing from the oldest record left"
-                                    );
-                                    gap_ok = true;
-                                    continue;
-                                }
-                            }
-                        }
-                        metrics::APPLY_RETRIES
-                            .with_label_values(&["mismatch"])
-                            .inc();
-                        tracing::warn!(
-                            topic,
-                            partition = w.partition,
-                            stored,
-                            first,
-                            next,
-                            "stored offset inside the micro-batch; seeking to it"
-                        );
-                        self.reposition(w.topic, w.partition, stored, true);
-                        break;
-                    }
-                    Err(e) => {
-                        self.con = None;
-                        self.health.redis_ok.store(false, Ordering::Release);
-                        metrics::APPLY_RETRIES
-                            .with_label_values(&["redis_error"])
-                            .inc();
-                        if give_up(self) {
-                            tracing::error!(
-                                "shutdown timeout: leaving the micro-batch unapplied (it will be read again)"
-                            );
-                            return;
-                        }
-                        backoff("cannot apply the micro-batch to Redis", &e);
-                    }
-                }
+        for (w, plan) in works.iter().zip(plans) {
+            if !self.enqueue(w, plan, watermark_after[w.topic], now, started) {
+                return;
             }
         }
-        self.health.batches.fetch_add(1, Ordering::AcqRel);
         let slow = started.elapsed() > Duration::from_millis(100);
         if slow {
             tracing::info!(
@@ -750,7 +688,7 @@ impl Pipeline {
                 load = ?(t_loaded - t_classified),
                 plan = ?(t_planned - t_loaded),
                 side_outputs = ?(t_produced - t_planned),
-                apply = ?(started.elapsed() - t_produced),
+                enqueue = ?(started.elapsed() - t_produced),
                 "slow micro-batch"
             );
         }
@@ -760,53 +698,141 @@ impl Pipeline {
             load = ?(t_loaded - t_classified),
             plan = ?(t_planned - t_loaded),
             side_outputs = ?(t_produced - t_planned),
-            apply = ?(started.elapsed() - t_produced),
-            "micro-batch applied"
+            enqueue = ?(started.elapsed() - t_produced),
+            "micro-batch planned"
         );
-        metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
     }
 
-    /// After a successful apply: remember the new position and history, count.
-    fn applied(&mut self, w: &Work, plan: Plan, next: i64, wm: Option<i64>) {
+    /// Hand a partition's plan to the applier and take it as the partition's state (the
+    /// applier reports when it was not applied, and the partition is then repositioned).
+    /// Returns false when the applier is gone.
+    fn enqueue(
+        &mut self,
+        w: &Work,
+        plan: Plan,
+        wm: Option<i64>,
+        now: i64,
+        started: Instant,
+    ) -> bool {
+        let key = (w.topic, w.partition);
         let topic = self.settings.topics[w.topic].clone();
-        let topic = topic.as_str();
-        let mut floor = wm;
-        if let Some(info) = self.parts.get_mut(&(w.topic, w.partition)) {
-            info.expect = Some(next);
-            info.floor = match (info.floor, wm) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            floor = info.floor;
-        }
-        let ev = &metrics::EVENTS;
-        ev.with_label_values(&[topic, "applied"])
-            .inc_by(plan.events as u64);
-        ev.with_label_values(&[topic, "duplicate"])
-            .inc_by(w.duplicates as u64);
-        ev.with_label_values(&[topic, "late"])
-            .inc_by(w.late.len() as u64);
-        ev.with_label_values(&[topic, "invalid"])
-            .inc_by(w.invalid.len() as u64);
-        metrics::LATE_EVENTS
-            .with_label_values(&[topic])
-            .inc_by(w.late.len() as u64);
-        for &(_, lateness, _) in &w.late {
-            metrics::LATENESS_SECONDS
-                .with_label_values(&[topic])
-                .observe(lateness as f64 / 1000.0);
-        }
-        for a in &plan.alerts {
-            metrics::ALERTS.with_label_values(&[a.kind]).inc();
-        }
-        if let Some(cache) = self.caches.get_mut(&(w.topic, w.partition)) {
+        let first = w.recs.first().map_or(0, |r| r.offset);
+        let next = w.recs.last().map_or(0, |r| r.offset + 1);
+        let Some(info) = self.parts.get_mut(&key) else {
+            return true; // revoked meanwhile
+        };
+        let target = Target {
+            topic: &topic,
+            partition: w.partition,
+            first,
+            next,
+            watermark: wm,
+            now_ms: now,
+            ttl_ms: self.settings.ttl_ms,
+            alerts_kept: self.settings.alerts_kept,
+            gap_ok: std::mem::take(&mut info.gap_ok),
+        };
+        let invocation = match apply::invocation(&self.keys, &target, &plan) {
+            Ok(inv) => inv,
+            Err(e) => {
+                // not reachable with validated events; stop rather than skip data
+                tracing::error!(topic, partition = w.partition, error = %e, "cannot build the apply script call; stopping");
+                self.shutdown.cancel();
+                return false;
+            }
+        };
+        info.expect = Some(next);
+        info.floor = match (info.floor, wm) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let (floor, epoch) = (info.floor, info.epoch);
+        let counts = Counts {
+            applied: plan.events as u64,
+            duplicates: w.duplicates as u64,
+            invalid: w.invalid.len() as u64,
+            late: w.late.iter().map(|&(_, l, _)| l).collect(),
+            alerts: plan.alerts.iter().map(|a| a.kind).collect(),
+            kafka_ts: w.live.iter().filter_map(|&i| w.recs[i].kafka_ts).collect(),
+        };
+        if let Some(cache) = self.caches.get_mut(&key) {
             cache.commit(plan, floor, self.settings.ttl_ms);
         }
-        let visible = now_ms();
-        let fresh = metrics::FRESHNESS_SECONDS.with_label_values(&[topic]);
-        for &i in &w.live {
-            if let Some(ts) = w.recs[i].kafka_ts {
-                fresh.observe(((visible - ts).max(0)) as f64 / 1000.0);
+        let job = Job {
+            topic_index: w.topic,
+            topic,
+            partition: w.partition,
+            epoch,
+            first,
+            next,
+            invocation,
+            counts,
+            started,
+        };
+        match &self.jobs {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Act on what the applier could not apply.
+    fn handle_reports(&mut self) {
+        while let Ok(r) = self.reports.try_recv() {
+            let key = (r.topic_index, r.partition);
+            if self.parts.get(&key).is_none_or(|i| i.epoch != r.epoch) {
+                continue; // already repositioned since
+            }
+            let topic = self.settings.topics[r.topic_index].clone();
+            match r.outcome {
+                Outcome::AlreadyApplied { stored } => {
+                    metrics::APPLY_RETRIES.with_label_values(&["skip"]).inc();
+                    tracing::info!(
+                        topic,
+                        partition = r.partition,
+                        stored,
+                        next = r.next,
+                        "micro-batch already applied; skipping"
+                    );
+                    self.reposition(r.topic_index, r.partition, stored, true);
+                }
+                Outcome::Mismatch { stored } => {
+                    metrics::APPLY_RETRIES
+                        .with_label_values(&["mismatch"])
+                        .inc();
+                    let mut gap = false;
+                    if stored < r.first {
+                        // records between the stored offset and this batch: are they gone?
+                        if let Ok((low, _)) = self.consumer.fetch_watermarks(
+                            &topic,
+                            r.partition,
+                            Duration::from_secs(5),
+                        ) {
+                            if low > stored {
+                                tracing::error!(
+                                    topic,
+                                    partition = r.partition,
+                                    stored,
+                                    low,
+                                    "records after the stored offset were deleted by retention before the speed layer applied them; continuing from the oldest record left"
+                                );
+                                gap = true;
+                            }
+                        }
+                    }
+                    tracing::warn!(
+                        topic,
+                        partition = r.partition,
+                        stored,
+                        first = r.first,
+                        next = r.next,
+                        "micro-batch does not continue the stored offset; seeking to it"
+                    );
+                    self.reposition(r.topic_index, r.partition, stored, true);
+                    if let Some(info) = self.parts.get_mut(&key) {
+                        info.gap_ok = gap;
+                    }
+                }
+                Outcome::Applied => {}
             }
         }
     }
@@ -818,8 +844,11 @@ impl Pipeline {
         let st = crate::consumer::load_states(&self.redis, &self.keys, &[(topic.clone(), p)])
             .ok()
             .and_then(|s| s.into_iter().next());
+        self.epoch_seq += 1;
+        let epoch = self.epoch_seq;
         if let Some(info) = self.parts.get_mut(&(ti, p)) {
             info.expect = Some(stored);
+            info.epoch = epoch;
             if let Some(wm) = st.and_then(|s| s.watermark) {
                 info.floor = Some(info.floor.map_or(wm, |f| f.max(wm)));
             }
