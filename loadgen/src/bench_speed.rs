@@ -21,6 +21,9 @@ use serde::Serialize;
 use crate::bench::{Batch, Throughput, machine, raw_producer};
 use crate::workload::Workload;
 
+/// A probe waiting to become visible: (window hash, device) and when ingest acknowledged it.
+type Probe = ((String, String), Instant);
+
 #[derive(clap::Args)]
 pub struct SpeedBenchArgs {
     /// Events pre-filled for the consumption phase (half readings, half payments).
@@ -119,7 +122,7 @@ fn spread_batches(args: &SpeedBenchArgs, run: &str) -> Vec<Batch> {
         for _ in 0..size {
             let ts = EventTime::from_millis_unchecked(start + (i as f64 * step) as i64);
             let begin = body.len();
-            let key = if n % 2 == 0 {
+            let key = if n.is_multiple_of(2) {
                 let r = w.reading(ts);
                 serde_json::to_writer(&mut body, &r).expect("json");
                 r.device_id.as_str().to_owned()
@@ -132,7 +135,7 @@ fn spread_batches(args: &SpeedBenchArgs, run: &str) -> Vec<Batch> {
             body.push(b'\n');
             i += 1;
         }
-        let path = if n % 2 == 0 {
+        let path = if n.is_multiple_of(2) {
             "/v1/sensor-readings"
         } else {
             "/v1/payments"
@@ -399,7 +402,7 @@ async fn freshness(
         args.rate, args.freshness_duration
     );
     // probes: ((window hash, device), acknowledged at)
-    let pending: Arc<Mutex<Vec<((String, String), Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let pending: Arc<Mutex<Vec<Probe>>> = Arc::new(Mutex::new(Vec::new()));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
     let stop_poll = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
@@ -412,8 +415,7 @@ async fn freshness(
         std::thread::spawn(move || -> anyhow::Result<()> {
             let mut con = client.get_connection()?;
             loop {
-                let waiting: Vec<((String, String), Instant)> =
-                    pending.lock().map(|p| p.clone()).unwrap_or_default();
+                let waiting: Vec<Probe> = pending.lock().map(|p| p.clone()).unwrap_or_default();
                 if waiting.is_empty() {
                     if stop_poll.load(std::sync::atomic::Ordering::Acquire) {
                         return Ok(());
@@ -481,7 +483,7 @@ async fn freshness(
             inflight.push(tokio::spawn(req));
         }
         // a probe every other tick
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let (http, url, pending, keys) =
                 (http.clone(), url.clone(), pending.clone(), keys.clone());
             let device = format!("probe-{n}");

@@ -799,25 +799,24 @@ impl Pipeline {
                     metrics::APPLY_RETRIES
                         .with_label_values(&["mismatch"])
                         .inc();
-                    let mut gap = false;
-                    if stored < r.first {
-                        // records between the stored offset and this batch: are they gone?
-                        if let Ok((low, _)) = self.consumer.fetch_watermarks(
-                            &topic,
-                            r.partition,
-                            Duration::from_secs(5),
-                        ) {
-                            if low > stored {
-                                tracing::error!(
-                                    topic,
-                                    partition = r.partition,
-                                    stored,
-                                    low,
-                                    "records after the stored offset were deleted by retention before the speed layer applied them; continuing from the oldest record left"
-                                );
-                                gap = true;
-                            }
-                        }
+                    // records between the stored offset and this batch: are they gone?
+                    let low = (stored < r.first)
+                        .then(|| {
+                            self.consumer
+                                .fetch_watermarks(&topic, r.partition, Duration::from_secs(5))
+                                .ok()
+                        })
+                        .flatten()
+                        .map(|(low, _)| low);
+                    let gap = low.is_some_and(|low| low > stored);
+                    if gap {
+                        tracing::error!(
+                            topic,
+                            partition = r.partition,
+                            stored,
+                            low,
+                            "records after the stored offset were deleted by retention before the speed layer applied them; continuing from the oldest record left"
+                        );
                     }
                     tracing::warn!(
                         topic,
@@ -855,13 +854,12 @@ impl Pipeline {
         }
         // everything may exist in Redis now
         self.caches.insert((ti, p), PartCache::new(Some(i64::MAX)));
-        if seek {
-            if let Err(e) =
+        if seek
+            && let Err(e) =
                 self.consumer
                     .seek(&topic, p, Offset::Offset(stored), Duration::from_secs(5))
-            {
-                tracing::warn!(topic, partition = p, error = %e, "seek failed");
-            }
+        {
+            tracing::warn!(topic, partition = p, error = %e, "seek failed");
         }
     }
 
