@@ -138,16 +138,21 @@ impl Config {
                 self.key_prefix
             ));
         }
-        if self
-            .kafka
-            .options
-            .iter()
-            .any(|(k, _)| k == "partition.assignment.strategy")
-        {
-            problems.push(
-                "--kafka-option partition.assignment.strategy cannot be set for the speed layer: its rebalance callback assigns partitions eagerly, at the offsets stored in Redis"
-                    .to_owned(),
-            );
+        for (key, why) in [
+            (
+                "partition.assignment.strategy",
+                "its rebalance callback assigns partitions eagerly, at the offsets stored in Redis",
+            ),
+            (
+                "auto.offset.reset",
+                "a partition without stored offset starts at its beginning, and a retention gap resumes at the oldest record",
+            ),
+        ] {
+            if self.kafka.options.iter().any(|(k, _)| k == key) {
+                problems.push(format!(
+                    "--kafka-option {key} cannot be set for the speed layer: {why}"
+                ));
+            }
         }
         if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
             problems.push(format!("LAMBDALAKE_REDIS_URL is not a Redis URL: {e}"));
@@ -157,5 +162,35 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn options_that_break_the_rebalance_path_are_refused() {
+        let c = Config::try_parse_from([
+            "lambdalake-speed",
+            "--kafka-option",
+            "auto.offset.reset=latest",
+            "--kafka-option",
+            "partition.assignment.strategy=cooperative-sticky",
+            "--fraud-threshold",
+            "1.5",
+        ])
+        .unwrap();
+        let problems = c.check().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("auto.offset.reset")));
+        assert!(
+            Config::try_parse_from(["lambdalake-speed"])
+                .unwrap()
+                .check()
+                .is_ok()
+        );
     }
 }

@@ -72,11 +72,12 @@ pub static BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Time to apply one micro-batch (side outputs acknowledged and every partition's script run).
+/// From the start of a micro-batch's processing to one partition's share of it applied in Redis
+/// (planning, side outputs, the queue to the applier and the script).
 pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "lambdalake_speed_apply_duration_seconds",
-        "Time to apply one micro-batch to Redis, side outputs included",
+        "From the start of a micro-batch to one partition's share of it applied in Redis",
         vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0
         ]
@@ -119,8 +120,8 @@ pub static ALERTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Apply outcomes that were not a plain success, by reason (`skip`, `mismatch`, `dup`,
-/// `redis_error`, `kafka_error`).
+/// Apply outcomes that were not a plain success, by reason (`skip`, `mismatch`, `redis_error`,
+/// `kafka_error`).
 pub static APPLY_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "lambdalake_speed_apply_retries_total",

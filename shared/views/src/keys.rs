@@ -12,10 +12,10 @@
 //! |---|---|---|
 //! | `{p}:v:sensor:{view}:{start}` | hash | field `{device}` → [`StoredSensor`], `view` = `1m` or `5m1m` |
 //! | `{p}:v:card:1m:{start}` | hash | field `{card}` → [`StoredCard`] |
-//! | `{p}:v:card:session:{minute}` | hash | field `{card}` → [`StoredCard`]: the card's session starting in that minute (epoch ms of the minute; sessions are 30 min apart, so one per card) |
+//! | `{p}:v:card:session:{minute_ms}` | hash | field `{card}` → [`StoredCard`]: the card's session starting in the minute that starts at `minute_ms` (sessions are 30 min apart, so one per card) |
 //! | `{p}:speed:cards:{topic}:{partition}` | hash | field `{card}` → the speed layer's state of a card: its recent payments (fraud history) and open sessions, read back on assignment |
 //! | `{p}:speed:part:{topic}:{partition}` | hash | `offset` (next to apply), `max_ts`, `watermark`, `updated_ms` |
-//! | `{p}:speed:seen:{topic}:{partition}:{minute}` | string | event ids applied with an event time in that minute, each followed by `\n` (dedupe) |
+//! | `{p}:speed:seen:{topic}:{partition}:{n}` | string | event ids applied with an event time in minute `n` (= ts ÷ 60,000), each followed by `\n` (dedupe) |
 //! | `{p}:speed:seen:{topic}:{partition}` | zset | the minutes that have a dedupe string |
 //! | `{p}:alerts` | zset | alerts as JSON, score = event time |
 //! | `{p}:model:fraud` | string | the fraud model (JSON [`crate::fraud::Model`]) published by the batch layer |
