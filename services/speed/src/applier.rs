@@ -39,7 +39,7 @@ pub struct Job {
     pub epoch: u64,
     pub first: i64,
     pub next: i64,
-    pub invocation: redis::ScriptInvocation<'static>,
+    pub invocation: redis::Cmd,
     pub counts: Counts,
     /// When the micro-batch started being processed.
     pub started: Instant,

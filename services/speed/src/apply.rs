@@ -10,7 +10,8 @@ use redis::{Script, Value};
 
 use crate::plan::Plan;
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("apply.lua")));
+const SOURCE: &str = include_str!("apply.lua");
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
 
 /// Where a partition's batch sits in its log and in event time.
 #[derive(Debug, Clone)]
@@ -64,21 +65,28 @@ pub fn apply(
 }
 
 /// Run a prepared script call (see [`invocation`]); it can be run again after a connection error.
-pub fn run(
-    con: &mut redis::Connection,
-    inv: &redis::ScriptInvocation<'static>,
-) -> Result<Outcome, ApplyError> {
-    let reply: Value = inv.invoke(con)?;
+/// The script is loaded when Redis does not know it (first call, or after a restart).
+pub fn run(con: &mut redis::Connection, cmd: &redis::Cmd) -> Result<Outcome, ApplyError> {
+    let reply: Value = match cmd.query(con) {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(SOURCE)
+                .query::<String>(con)?;
+            cmd.query(con)?
+        }
+        other => other?,
+    };
     parse_reply(reply)
 }
 
 /// The script call that applies `plan` to `target`'s partition.
-pub fn invocation(
-    keys: &Keys,
-    target: &Target<'_>,
-    plan: &Plan,
-) -> Result<redis::ScriptInvocation<'static>, ApplyError> {
-    let mut inv = SCRIPT.prepare_invoke();
+pub fn invocation(keys: &Keys, target: &Target<'_>, plan: &Plan) -> Result<redis::Cmd, ApplyError> {
+    // EVALSHA with the arguments in one buffer (a ScriptInvocation keeps one allocation per
+    // argument and copies them all again to send)
+    let fields = plan.sensors.len() + 2 * plan.cards.len() + 2 * plan.sessions.len() + 64;
+    let mut inv = redis::Cmd::with_capacity(2 * fields + plan.alerts.len() * 2, 200 * fields);
+    inv.arg("EVALSHA").arg(SCRIPT.get_hash()).arg(0);
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
     inv.arg(keys.partition(target.topic, target.partition))
         .arg(target.first)

@@ -60,6 +60,8 @@ const SENSORS: usize = 0;
 const PAYMENTS: usize = 1;
 
 enum Decoded {
+    /// Not decoded yet (between `collect` and `decode`).
+    Pending,
     Sensor(SensorReading),
     Payment(Payment),
     Invalid(FieldError),
@@ -70,7 +72,7 @@ impl Decoded {
         match self {
             Decoded::Sensor(r) => Some((r.event_id.as_str(), r.ts.millis())),
             Decoded::Payment(p) => Some((p.event_id.as_str(), p.ts.millis())),
-            Decoded::Invalid(_) => None,
+            Decoded::Invalid(_) | Decoded::Pending => None,
         }
     }
 }
@@ -306,18 +308,12 @@ impl Pipeline {
                     if info.expect.is_some_and(|e| offset < e) {
                         continue;
                     }
-                    let decoded = match ti {
-                        SENSORS => SensorReading::from_json(&payload, &self.policy)
-                            .map_or_else(Decoded::Invalid, Decoded::Sensor),
-                        _ => Payment::from_json(&payload, &self.policy)
-                            .map_or_else(Decoded::Invalid, Decoded::Payment),
-                    };
                     batch.entry((ti, p)).or_default().push(Rec {
                         offset,
                         key,
                         payload,
                         kafka_ts,
-                        decoded,
+                        decoded: Decoded::Pending,
                     });
                     count += 1;
                 }
@@ -459,7 +455,8 @@ impl Pipeline {
             .collect()
     }
 
-    fn plan(&self, w: &Work, now: i64) -> Plan {
+    /// Plan every partition's share; partitions are independent, so two threads share them.
+    fn plan_all(&self, works: &[Work], now: i64) -> Vec<Plan> {
         let reference = Reference {
             model: self.reference.model(),
             profiles: self.reference.profiles(),
@@ -467,16 +464,37 @@ impl Pipeline {
             fraud_threshold: self.settings.fraud_threshold,
             now_ms: now,
         };
-        let empty = PartCache::default();
-        let cache = self.caches.get(&(w.topic, w.partition)).unwrap_or(&empty);
-        match w.topic {
-            SENSORS => cache.plan_sensors(&Self::live_sensors(w), &reference),
-            _ => cache.plan_payments(
-                &Self::live_payments(w),
-                plan::history_horizon_ms(self.settings.lateness_ms),
-                &reference,
-            ),
+        let horizon = plan::history_horizon_ms(self.settings.lateness_ms);
+        let caches = &self.caches;
+        let plan = |w: &Work| {
+            let empty = PartCache::default();
+            let cache = caches.get(&(w.topic, w.partition)).unwrap_or(&empty);
+            match w.topic {
+                SENSORS => cache.plan_sensors(&Self::live_sensors(w), &reference),
+                _ => cache.plan_payments(&Self::live_payments(w), horizon, &reference),
+            }
+        };
+        let records: usize = works.iter().map(|w| w.live.len()).sum();
+        if works.len() < 2 || records < 2_000 {
+            return works.iter().map(plan).collect();
         }
+        // split by records, keeping the order
+        let mut half = 0;
+        let mut acc = 0;
+        while half < works.len() && acc * 2 < records {
+            acc += works[half].live.len();
+            half += 1;
+        }
+        let (a, b) = works.split_at(half);
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| b.iter().map(plan).collect::<Vec<_>>());
+            let mut plans: Vec<Plan> = a.iter().map(plan).collect();
+            match other.join() {
+                Ok(rest) => plans.extend(rest),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            plans
+        })
     }
 
     /// Read the event ids a partition counted before it was assigned here (minutes not behind
@@ -601,6 +619,8 @@ impl Pipeline {
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        let mut batch = batch;
+        decode(&mut batch, &self.policy);
         let works = self.classify(batch, now);
         let watermark_after: [Option<i64>; 2] = [
             self.watermarks[SENSORS].watermark(now),
@@ -654,7 +674,7 @@ impl Pipeline {
         }
 
         let t_loaded = started.elapsed();
-        let plans: Vec<Plan> = works.iter().map(|w| self.plan(w, now)).collect();
+        let plans = self.plan_all(&works, now);
         let mut produced: HashSet<String> = HashSet::new();
         let t_planned = started.elapsed();
         // side outputs first: late events, dead letters, alerts
@@ -1027,4 +1047,38 @@ fn fill(
         }
     }
     Ok(())
+}
+
+/// Decode every record (two threads share the partitions of a large batch).
+fn decode(batch: &mut BTreeMap<(usize, i32), Vec<Rec>>, policy: &Policy) {
+    let decode_part = |((ti, _), recs): (&(usize, i32), &mut Vec<Rec>)| {
+        for rec in recs.iter_mut() {
+            rec.decoded = match *ti {
+                SENSORS => SensorReading::from_json(&rec.payload, policy)
+                    .map_or_else(Decoded::Invalid, Decoded::Sensor),
+                _ => Payment::from_json(&rec.payload, policy)
+                    .map_or_else(Decoded::Invalid, Decoded::Payment),
+            };
+        }
+    };
+    let records: usize = batch.values().map(Vec::len).sum();
+    if batch.len() < 2 || records < 2_000 {
+        batch.iter_mut().for_each(decode_part);
+        return;
+    }
+    let mut parts: Vec<(&(usize, i32), &mut Vec<Rec>)> = batch.iter_mut().collect();
+    let mut half = 0;
+    let mut acc = 0;
+    while half < parts.len() && acc * 2 < records {
+        acc += parts[half].1.len();
+        half += 1;
+    }
+    let b = parts.split_off(half);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| b.into_iter().for_each(decode_part));
+        parts.into_iter().for_each(decode_part);
+        if let Err(panic) = other.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
 }

@@ -302,6 +302,8 @@ impl PartCache {
         let mut windows: FastMap<(i64, &str), (Window, CardAgg)> = FastMap::default();
         let mut sessions: FastMap<&str, SessionAggs<CardAgg>> = FastMap::default();
         let mut history: FastMap<&str, History> = FastMap::default();
+        // the same history without ids, as `fraud::features` takes it
+        let mut seen: FastMap<&str, Vec<Seen>> = FastMap::default();
         let mut order: Vec<&str> = Vec::new();
         for p in payments {
             let card = p.card_id.as_str();
@@ -353,9 +355,11 @@ impl PartCache {
                     .map(|m| m.history.clone())
                     .unwrap_or_default()
             });
-            let seen: Vec<Seen> = known.iter().map(|(s, _)| *s).collect();
+            let card_seen = seen
+                .entry(card)
+                .or_insert_with(|| known.iter().map(|(s, _)| *s).collect());
             let profile = reference.profiles.get(card).and_then(Option::as_ref);
-            let features = fraud::features(p, &seen, profile);
+            let features = fraud::features(p, card_seen, profile);
             let score = fraud::score(&features, reference.model);
             if score.value >= reference.fraud_threshold {
                 plan.alerts.push(Alert {
@@ -372,6 +376,7 @@ impl PartCache {
                 });
             }
             known.push((Seen::from(*p), p.event_id.as_str().to_owned()));
+            card_seen.push(Seen::from(*p));
         }
         plan.events = payments.len();
         plan.cards = windows

@@ -123,8 +123,17 @@ impl CardAgg {
         }
     }
 
+    /// Same as merging [`CardAgg::of`], without building it (the hot path of every layer).
     pub fn add(&mut self, p: &Payment) {
-        self.merge(&CardAgg::of(p));
+        self.count += 1;
+        self.amount_sum_cents += p.amount.cents();
+        self.amount_max_cents = self.amount_max_cents.max(p.amount.cents());
+        if !self.merchants.contains(p.merchant_id.as_str()) {
+            self.merchants.insert(p.merchant_id.as_str().to_owned());
+        }
+        if !self.countries.contains(p.country.as_str()) {
+            self.countries.insert(p.country.as_str().to_owned());
+        }
     }
 
     pub fn merge(&mut self, other: &CardAgg) {
