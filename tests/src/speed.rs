@@ -486,6 +486,41 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
         .expect("the new model scores p7 over the threshold");
     assert_eq!(p7["model_version"], "it-model-7");
 
+    // card profiles are re-read when the batch layer bumps the reference version: a profile
+    // whose home is Germany makes a French payment a new-country one
+    let () = con.del(s.keys.model()).unwrap();
+    let profile = r#"{"amount_mean_cents":1000.0,"amount_std_cents":1.0,"home_country":"DE","countries":["DE"]}"#;
+    let () = con.set(s.keys.card_profile("c3"), profile).unwrap();
+    let () = con.set(s.keys.reference_version(), "it-run-1").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.send_payments(&[payment_json(
+        "p8",
+        "c3",
+        t + 96_000,
+        100_000,
+        "m1",
+        7995,
+        "FR",
+        48.85,
+        2.35,
+    )])
+    .await;
+    s.wait_applied(Duration::from_secs(30));
+    let stored: Vec<String> = con.zrange(s.keys.alerts(), 0, -1).unwrap();
+    let p8 = stored
+        .iter()
+        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap())
+        .find(|a| a["alert_id"] == "fraud:p8")
+        .expect("the profile makes p8 an amount spike in a new country");
+    assert_eq!(p8["model_version"], "rules");
+    assert_eq!(p8["features"]["new_country"], true);
+    assert!(
+        p8["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&"amount_spike".into())
+    );
+
     // 45 minutes later: a second session of c1
     s.send_payments(&[payment_json(
         "p5",

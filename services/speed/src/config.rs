@@ -77,8 +77,8 @@ pub struct Config {
     #[arg(long, env = "LAMBDALAKE_SPEED_FRAUD_THRESHOLD", default_value = "0.8")]
     pub fraud_threshold: f64,
 
-    /// How often the fraud model, card profiles and device baselines published by the batch
-    /// layer are reloaded.
+    /// How often the fraud model and `{prefix}:reference:version` are read; card profiles and
+    /// device baselines published by the batch layer are reloaded when that version changes.
     #[arg(long, env = "LAMBDALAKE_SPEED_REFERENCE_REFRESH", value_parser = humantime::parse_duration, default_value = "5s")]
     pub reference_refresh: Duration,
 

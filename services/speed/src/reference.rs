@@ -1,6 +1,9 @@
 //! What the batch layer publishes for the speed layer — the fraud model, card profiles and
-//! device baselines, as JSON under the keys of `lambdalake_views::keys` — cached and reloaded
-//! every refresh interval, so a new model is picked up without a restart.
+//! device baselines, as JSON under the keys of `lambdalake_views::keys` — cached, so a new model
+//! is picked up without a restart. The model is read again every refresh interval; profiles and
+//! baselines (one key per card or device, read as cards and devices show up, absent ones
+//! remembered as absent) are dropped from the cache when `{p}:reference:version` changes: the
+//! batch layer writes the profiles and baselines of a run, then bumps that key.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -15,6 +18,8 @@ pub struct ReferenceCache {
     refresh: Duration,
     loaded_at: Option<Instant>,
     model: Option<Model>,
+    /// `{p}:reference:version` when profiles and baselines were last cleared.
+    version: Option<String>,
     profiles: HashMap<String, Option<CardProfile>>,
     baselines: HashMap<String, Option<DeviceBaseline>>,
 }
@@ -25,6 +30,7 @@ impl ReferenceCache {
             refresh,
             loaded_at: None,
             model: None,
+            version: None,
             profiles: HashMap::new(),
             baselines: HashMap::new(),
         }
@@ -64,8 +70,18 @@ impl ReferenceCache {
                 .with_label_values(&[model.as_ref().map_or("rules", |m| m.version.as_str())])
                 .set(1);
             self.model = model;
-            self.profiles.clear();
-            self.baselines.clear();
+            // profiles and baselines are many: reloaded only when the batch layer says it
+            // published new ones
+            let version: Option<String> =
+                redis::cmd("GET").arg(keys.reference_version()).query(con)?;
+            if version != self.version {
+                if self.loaded_at.is_some() {
+                    tracing::info!(?version, "new card profiles and device baselines published");
+                }
+                self.profiles.clear();
+                self.baselines.clear();
+                self.version = version;
+            }
             self.loaded_at = Some(Instant::now());
         }
         let cards: Vec<&String> = cards

@@ -21,6 +21,7 @@
 //! | `{p}:model:fraud` | string | the fraud model (JSON [`crate::fraud::Model`]) published by the batch layer |
 //! | `{p}:profile:card:{card}` | string | a card profile (JSON [`crate::fraud::CardProfile`]) |
 //! | `{p}:baseline:device:{device}` | string | a device baseline (JSON [`crate::fraud::DeviceBaseline`]) |
+//! | `{p}:reference:version` | string | changed by the batch layer after it wrote new profiles and baselines |
 //!
 //! Every view key expires after the view TTL (refreshed on each write). Sums are fixed-point
 //! integers: micro-units for temperature and vibration, cents for amounts.
@@ -142,6 +143,11 @@ impl Keys {
 
     pub fn card_profile(&self, card: &str) -> String {
         format!("{}:profile:card:{card}", self.prefix)
+    }
+
+    /// Bumped by the batch layer once it wrote a run's profiles and baselines.
+    pub fn reference_version(&self) -> String {
+        format!("{}:reference:version", self.prefix)
     }
 
     pub fn device_baseline(&self, device: &str) -> String {
