@@ -354,12 +354,13 @@ impl Drop for Kill {
 #[tokio::test(flavor = "multi_thread")]
 async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
     let mut s = Setup::new();
-    // partitions without events stop holding the watermark back after 500 ms
+    // partitions without events stop holding the watermark back after 3 s (long enough for the
+    // first fetch of every partition after the assignment, short enough for the test)
     let child = s.spawn(&[
         "--reference-refresh",
         "100ms",
         "--idle-partition-after",
-        "500ms",
+        "3s",
     ]);
     let _guard = Kill(vec![child]);
     let t = now_ms() / 60_000 * 60_000 - 120_000; // a minute boundary, two minutes ago
@@ -381,7 +382,7 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
     .await;
     s.wait_applied(Duration::from_secs(60));
     // every partition idle: the watermark is the largest partition's (t + 65 s − 30 s)
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(3_500));
 
     // phase B: an exact copy of an applied event, two copies in one batch, an out-of-order
     // event within the allowed lateness, one far behind the watermark, an invalid record, an

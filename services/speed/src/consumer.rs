@@ -97,6 +97,10 @@ pub fn load_states(
     keys: &Keys,
     parts: &[(String, i32)],
 ) -> redis::RedisResult<Vec<PartState>> {
+    if parts.is_empty() {
+        // an instance can be assigned nothing (more instances than partitions)
+        return Ok(Vec::new());
+    }
     let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
     con.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut pipe = redis::pipe();

@@ -302,12 +302,43 @@ impl Pipeline {
                     };
                     // only partitions assigned by the rebalance path, and nothing before the
                     // position they were given (fetched before a seek, or already applied)
-                    let Some(info) = self.parts.get(&(ti, p)) else {
+                    let Some(info) = self.parts.get_mut(&(ti, p)) else {
                         continue;
                     };
-                    if info.expect.is_some_and(|e| offset < e) {
-                        continue;
+                    // a partition's records must follow each other: a micro-batch covers every
+                    // offset from its first to its last. After a seek, records fetched from the
+                    // old position can still arrive; they are dropped and read again in order.
+                    match info.expect {
+                        Some(e) if offset < e => continue,
+                        Some(e) if offset > e => {
+                            let low = self
+                                .consumer
+                                .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                                .map_or(0, |(low, _)| low);
+                            if low <= e {
+                                tracing::debug!(
+                                    topic,
+                                    partition = p,
+                                    expected = e,
+                                    offset,
+                                    "out-of-order record after a seek; reading again from the expected offset"
+                                );
+                                if let Err(err) = self.consumer.seek(
+                                    &topic,
+                                    p,
+                                    Offset::Offset(e),
+                                    Duration::from_secs(5),
+                                ) {
+                                    tracing::warn!(topic, partition = p, error = %err, "seek failed");
+                                }
+                                continue;
+                            }
+                            // the records in between were deleted by retention: the apply
+                            // script checks the same before accepting the gap
+                        }
+                        _ => {}
                     }
+                    info.expect = Some(offset + 1);
                     batch.entry((ti, p)).or_default().push(Rec {
                         offset,
                         key,
@@ -526,7 +557,12 @@ impl Pipeline {
                 for m in &minutes {
                     pipe.cmd("GET").arg(format!("{index}:{m}"));
                 }
-                let values: Vec<Option<String>> = pipe.query(con)?;
+                // (an empty pipeline is an error in the client)
+                let values: Vec<Option<String>> = if minutes.is_empty() {
+                    Vec::new()
+                } else {
+                    pipe.query(con)?
+                };
                 for (m, v) in minutes.into_iter().zip(values) {
                     let ids = seen.entry(m).or_default();
                     for id in v.unwrap_or_default().split('\n').filter(|s| !s.is_empty()) {
