@@ -40,11 +40,12 @@ pub static LATENESS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Consumer lag per partition: high watermark − next offset to apply.
+/// Consumer lag per partition: high watermark − the next offset the speed layer will read into a
+/// micro-batch (the applier may still be writing the last ones).
 pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "lambdalake_speed_consumer_lag",
-        "Records in the partition not yet applied by the speed layer",
+        "Records in the partition the speed layer has not read into a micro-batch yet",
         &["topic", "partition"]
     )
     .expect("metric registers once")
