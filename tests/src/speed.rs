@@ -602,7 +602,8 @@ async fn send_stream(
 async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let mut s = Setup::new();
     let (sensors, payments) = stream(24_000, 40, 0.05);
-    let mut child = s.spawn(&[]);
+    // the guard kills whatever instance runs when the test ends, even on a failure
+    let mut guard = Kill(vec![s.spawn(&[])]);
     let mut kills = 0;
     let mut rng = rand::rng();
     let mut next_kill = Instant::now() + Duration::from_millis(rng.random_range(1_500..3_500));
@@ -617,14 +618,14 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         if Instant::now() >= next_kill {
+            let child = &mut guard.0[0];
             child.kill().expect("SIGKILL");
             child.wait().expect("reaped");
             kills += 1;
-            child = s.spawn(&[]);
+            guard.0[0] = s.spawn(&[]);
             next_kill = Instant::now() + Duration::from_millis(rng.random_range(1_500..4_000));
         }
     }
-    let _guard = Kill(vec![child]);
     s.wait_applied(Duration::from_secs(120));
     assert!(kills >= 5);
     s.assert_views(&s.sensors.clone(), &s.payments.clone());
@@ -634,9 +635,7 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
 async fn two_instances_split_the_partitions_and_one_takes_over_after_a_kill() {
     let mut s = Setup::new();
     let (sensors, payments) = stream(12_000, 40, 0.02);
-    let mut a = s.spawn(&[]);
-    let b = s.spawn(&[]);
-    let _guard = Kill(vec![b]);
+    let mut guard = Kill(vec![s.spawn(&[]), s.spawn(&[])]);
     let half = sensors.len() / 2;
     send_stream(
         &mut s,
@@ -659,6 +658,7 @@ async fn two_instances_split_the_partitions_and_one_takes_over_after_a_kill() {
             "instance {i} got no partition: {log}"
         );
     }
+    let a = &mut guard.0[0];
     a.kill().expect("SIGKILL");
     a.wait().expect("reaped");
     send_stream(
