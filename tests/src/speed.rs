@@ -709,3 +709,95 @@ async fn without_redis_the_service_runs_but_is_not_ready() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_name_every_series_and_count_what_was_applied() {
+    let mut s = Setup::new();
+    let config = <lambdalake_speed::Config as clap::Parser>::try_parse_from([
+        "lambdalake-speed",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis_url(),
+        "--key-prefix",
+        &s.prefix,
+        "--group",
+        &s.group,
+        "--topic-sensor-readings",
+        &s.sensor,
+        "--topic-payments",
+        &s.payment,
+        "--topic-alerts",
+        &s.alerts,
+        "--topic-late-events",
+        &s.late,
+        "--topic-dead-letter",
+        &s.dead,
+        // partitions without events stop holding the watermark after 1 s
+        "--idle-partition-after",
+        "1s",
+    ])
+    .unwrap();
+    let app = lambdalake_speed::Application::build(config).await.unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
+    let t = now_ms();
+    s.send_sensors(&[
+        sensor_json("m1", "d1", t, 20.0, 1.0),
+        sensor_json("m2", "d2", t, 95.0, 1.0),
+    ])
+    .await;
+    s.send_payments(&[payment_json(
+        "m3", "c1", t, 1000, "m1", 5411, "FR", 48.85, 2.35,
+    )])
+    .await;
+    s.wait_applied(Duration::from_secs(60));
+    // one more reading once the empty partitions went idle: the sensor watermark exists
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    s.send_sensors(&[sensor_json("m4", "d1", t + 1, 20.0, 1.0)])
+        .await;
+    s.wait_applied(Duration::from_secs(60));
+    let http = reqwest::Client::new();
+    let ready = http.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // the applier counts just after the script, the lag comes with the client statistics (every
+    // second) and the watermark delay with the next batch: give them a moment
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let all = lambdalake_speed::metrics::NAMES
+            .iter()
+            .all(|name| text.contains(&format!("\n{name}")));
+        if all
+            && text.contains(&format!(
+                "lambdalake_speed_events_total{{outcome=\"applied\",topic=\"{}\"}} 1",
+                s.payment
+            ))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in lambdalake_speed::metrics::NAMES {
+        assert!(
+            text.contains(&format!("\n{name}")),
+            "no {name} series in /metrics:\n{text}"
+        );
+    }
+    for (topic, n) in [(&s.sensor, 3), (&s.payment, 1)] {
+        let line =
+            format!("lambdalake_speed_events_total{{outcome=\"applied\",topic=\"{topic}\"}} {n}");
+        assert!(text.contains(&line), "no `{line}` in:\n{text}");
+    }
+    assert!(text.contains("lambdalake_speed_alerts_total{kind=\"sensor\"}"));
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

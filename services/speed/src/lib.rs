@@ -67,6 +67,7 @@ impl Application {
         config.check().map_err(StartError::Config)?;
         metrics::register();
         let t = &config.topics;
+        metrics::register_topics(&[&t.sensor_readings, &t.payments]);
         if config.create_topics {
             let names = [
                 t.sensor_readings.as_str(),

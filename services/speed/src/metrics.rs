@@ -184,4 +184,27 @@ pub fn register() {
     LazyLock::force(&APPLY_RETRIES);
     LazyLock::force(&REBALANCES);
     LazyLock::force(&MODEL);
+    // series that exist from the start at 0, so dashboards and alerts see them before the first
+    // occurrence
+    for reason in ["skip", "mismatch", "redis_error", "kafka_error"] {
+        APPLY_RETRIES.with_label_values(&[reason]);
+    }
+    for kind in ["assign", "revoke"] {
+        REBALANCES.with_label_values(&[kind]);
+    }
+    for kind in ["fraud", "sensor"] {
+        ALERTS.with_label_values(&[kind]);
+    }
+}
+
+/// The per-topic series, at 0, for the topics the service reads.
+pub fn register_topics(topics: &[&str]) {
+    for topic in topics {
+        for outcome in ["applied", "duplicate", "late", "invalid"] {
+            EVENTS.with_label_values(&[topic, outcome]);
+        }
+        LATE_EVENTS.with_label_values(&[topic]);
+        LATENESS_SECONDS.with_label_values(&[topic]);
+        FRESHNESS_SECONDS.with_label_values(&[topic]);
+    }
 }
