@@ -95,12 +95,9 @@ impl Setup {
         }
     }
 
-    /// Start one `lambdalake-speed` process; its log goes to a file named in failures.
-    fn spawn(&mut self, extra: &[&str]) -> Child {
-        let log = std::env::temp_dir().join(format!("{}-{}.log", self.prefix, self.logs.len()));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(speed_binary());
-        cmd.args([
+    /// The service's arguments for this deployment, talking to Redis at `redis_url`.
+    fn args(&self, redis_url: &str) -> Vec<String> {
+        [
             "--listen",
             "127.0.0.1:0",
             "--topic-sensor-readings",
@@ -118,17 +115,35 @@ impl Setup {
             "--group",
             &self.group,
             "--redis-url",
-            &redis_url(),
+            redis_url,
             // a killed member's partitions move after 6 s rather than 45 s
             "--kafka-option",
             "session.timeout.ms=6000",
             "--kafka-option",
             "heartbeat.interval.ms=500",
-        ])
-        .args(extra)
-        .env("LAMBDALAKE_LOG", "info")
-        .stdout(Stdio::from(file.try_clone().expect("log file")))
-        .stderr(Stdio::from(file));
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// The configuration of an in-process instance.
+    fn config(&self, redis_url: &str, extra: &[&str]) -> lambdalake_speed::Config {
+        let mut args = vec!["lambdalake-speed".to_owned()];
+        args.extend(self.args(redis_url));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        <lambdalake_speed::Config as clap::Parser>::try_parse_from(args).expect("valid arguments")
+    }
+
+    /// Start one `lambdalake-speed` process; its log goes to a file named in failures.
+    fn spawn(&mut self, extra: &[&str]) -> Child {
+        let log = std::env::temp_dir().join(format!("{}-{}.log", self.prefix, self.logs.len()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(speed_binary());
+        cmd.args(self.args(&redis_url()))
+            .args(extra)
+            .env("LAMBDALAKE_LOG", "info")
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file));
         self.logs.push(log);
         cmd.spawn().expect("start lambdalake-speed")
     }
@@ -676,20 +691,7 @@ async fn two_instances_split_the_partitions_and_one_takes_over_after_a_kill() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_redis_the_service_runs_but_is_not_ready() {
     let s = Setup::new();
-    let config = <lambdalake_speed::Config as clap::Parser>::try_parse_from([
-        "lambdalake-speed",
-        "--listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        "redis://127.0.0.1:1",
-        "--topic-sensor-readings",
-        &s.sensor,
-        "--topic-payments",
-        &s.payment,
-        "--group",
-        &s.group,
-    ])
-    .unwrap();
+    let config = s.config("redis://127.0.0.1:1", &[]);
     let app = lambdalake_speed::Application::build(config)
         .await
         .expect("starts without Redis");
@@ -713,31 +715,8 @@ async fn without_redis_the_service_runs_but_is_not_ready() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_name_every_series_and_count_what_was_applied() {
     let mut s = Setup::new();
-    let config = <lambdalake_speed::Config as clap::Parser>::try_parse_from([
-        "lambdalake-speed",
-        "--listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        &redis_url(),
-        "--key-prefix",
-        &s.prefix,
-        "--group",
-        &s.group,
-        "--topic-sensor-readings",
-        &s.sensor,
-        "--topic-payments",
-        &s.payment,
-        "--topic-alerts",
-        &s.alerts,
-        "--topic-late-events",
-        &s.late,
-        "--topic-dead-letter",
-        &s.dead,
-        // partitions without events stop holding the watermark after 1 s
-        "--idle-partition-after",
-        "1s",
-    ])
-    .unwrap();
+    // partitions without events stop holding the watermark after 1 s
+    let config = s.config(&redis_url(), &["--idle-partition-after", "1s"]);
     let app = lambdalake_speed::Application::build(config).await.unwrap();
     let url = format!("http://127.0.0.1:{}", app.port());
     let stop = app.shutdown_token();

@@ -95,7 +95,6 @@ impl Applier {
                 match result {
                     Ok(Outcome::Applied) => {
                         self.health.redis_ok.store(true, Ordering::Release);
-                        self.health.batches.fetch_add(1, Ordering::AcqRel);
                         count(&job);
                         break;
                     }

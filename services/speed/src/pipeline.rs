@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lambdalake_events::{Event, FieldError, Payment, Policy, SensorReading};
@@ -52,8 +52,13 @@ pub struct Settings {
 pub struct Health {
     pub redis_ok: AtomicBool,
     pub kafka_ok: AtomicBool,
-    pub assigned: AtomicUsize,
-    pub batches: AtomicUsize,
+}
+
+/// A dependency a step can wait for.
+#[derive(Debug, Clone, Copy)]
+enum Dep {
+    Redis,
+    Kafka,
 }
 
 const SENSORS: usize = 0;
@@ -382,9 +387,6 @@ impl Pipeline {
                 }
             }
         }
-        self.health
-            .assigned
-            .store(self.parts.len(), Ordering::Release);
     }
 
     fn assign(&mut self, ti: usize, p: i32, st: PartState, now: i64) {
@@ -633,7 +635,55 @@ impl Pipeline {
         result
     }
 
-    /// Apply one micro-batch; retries until it is applied or the service shuts down.
+    /// Run `op` until it succeeds, backing off from 50 ms to 5 s and marking `dep` unhealthy
+    /// meanwhile; `None` once shutdown was asked and the shutdown timeout has passed since.
+    fn retry<T, E: std::fmt::Display>(
+        &mut self,
+        what: &str,
+        dep: Dep,
+        mut op: impl FnMut(&mut Self) -> Result<T, E>,
+    ) -> Option<T> {
+        let mut delay = Duration::from_millis(50);
+        let mut cancelled_at: Option<Instant> = None;
+        loop {
+            match op(self) {
+                Ok(v) => {
+                    match dep {
+                        Dep::Redis => self.health.redis_ok.store(true, Ordering::Release),
+                        Dep::Kafka => self.health.kafka_ok.store(true, Ordering::Release),
+                    }
+                    return Some(v);
+                }
+                Err(e) => {
+                    let reason = match dep {
+                        Dep::Redis => {
+                            self.con = None;
+                            self.health.redis_ok.store(false, Ordering::Release);
+                            "redis_error"
+                        }
+                        Dep::Kafka => {
+                            self.health.kafka_ok.store(false, Ordering::Release);
+                            "kafka_error"
+                        }
+                    };
+                    metrics::APPLY_RETRIES.with_label_values(&[reason]).inc();
+                    if self.shutdown.is_cancelled() {
+                        let at = *cancelled_at.get_or_insert_with(Instant::now);
+                        if at.elapsed() > self.settings.shutdown_timeout {
+                            tracing::error!(error = %e, "{what}; shutdown timeout passed, leaving the micro-batch (it will be read again)");
+                            return None;
+                        }
+                    }
+                    tracing::warn!(error = %e, retry_in = ?delay, "{what}; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Plan one micro-batch and hand it to the applier; Redis reads and Kafka writes are retried
+    /// until they succeed or the shutdown timeout passes.
     fn apply_batch(&mut self, batch: BTreeMap<(usize, i32), Vec<Rec>>) {
         let started = Instant::now();
         let records: usize = batch.values().map(Vec::len).sum();
@@ -641,19 +691,15 @@ impl Pipeline {
         let now = now_ms();
         // the event ids counted before the assignment, to recognise copies
         let parts: Vec<(usize, i32)> = batch.keys().copied().collect();
-        let mut delay = Duration::from_millis(50);
-        while let Err(e) = self.load_seen(&parts) {
-            self.con = None;
-            self.health.redis_ok.store(false, Ordering::Release);
-            metrics::APPLY_RETRIES
-                .with_label_values(&["redis_error"])
-                .inc();
-            if self.shutdown.is_cancelled() {
-                return;
-            }
-            tracing::warn!(error = %e, retry_in = ?delay, "cannot read the dedupe state from Redis; retrying");
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_secs(5));
+        if self
+            .retry(
+                "cannot read the dedupe state from Redis",
+                Dep::Redis,
+                |this| this.load_seen(&parts),
+            )
+            .is_none()
+        {
+            return;
         }
         let mut batch = batch;
         decode(&mut batch, &self.policy);
@@ -670,64 +716,28 @@ impl Pipeline {
             }
         }
 
-        // the shutdown timeout runs from the moment shutdown is asked
-        let cancelled_at: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
-        let give_up = |this: &Self| {
-            if !this.shutdown.is_cancelled() {
-                return false;
-            }
-            let at = cancelled_at.get().unwrap_or_else(Instant::now);
-            cancelled_at.set(Some(at));
-            at.elapsed() > this.settings.shutdown_timeout
-        };
-        let mut delay = Duration::from_millis(50);
-        let mut backoff = |what: &str, e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, retry_in = ?delay, "{what}; retrying the micro-batch");
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_secs(5));
-        };
-
         let t_classified = started.elapsed();
         // reference data and state not cached
-        loop {
-            match self.load_state(&works) {
-                Ok(()) => {
-                    self.health.redis_ok.store(true, Ordering::Release);
-                    break;
-                }
-                Err(e) => {
-                    self.con = None;
-                    self.health.redis_ok.store(false, Ordering::Release);
-                    metrics::APPLY_RETRIES
-                        .with_label_values(&["redis_error"])
-                        .inc();
-                    if give_up(self) {
-                        return;
-                    }
-                    backoff("cannot read from Redis", &e);
-                }
-            }
+        if self
+            .retry("cannot read from Redis", Dep::Redis, |this| {
+                this.load_state(&works)
+            })
+            .is_none()
+        {
+            return;
         }
 
         let t_loaded = started.elapsed();
         let plans = self.plan_all(&works, now);
-        let mut produced: HashSet<String> = HashSet::new();
         let t_planned = started.elapsed();
         // side outputs first: late events, dead letters, alerts
-        loop {
-            match self.produce_side_outputs(&works, &plans, &mut produced) {
-                Ok(()) => break,
-                Err(e) => {
-                    self.health.kafka_ok.store(false, Ordering::Release);
-                    metrics::APPLY_RETRIES
-                        .with_label_values(&["kafka_error"])
-                        .inc();
-                    if give_up(self) {
-                        return;
-                    }
-                    backoff("cannot write side outputs to Kafka", &e);
-                }
-            }
+        if self
+            .retry("cannot write side outputs to Kafka", Dep::Kafka, |this| {
+                this.produce_side_outputs(&works, &plans)
+            })
+            .is_none()
+        {
+            return;
         }
 
         let t_produced = started.elapsed();
@@ -919,12 +929,7 @@ impl Pipeline {
         }
     }
 
-    fn produce_side_outputs(
-        &self,
-        works: &[Work],
-        plans: &[Plan],
-        produced: &mut HashSet<String>,
-    ) -> Result<(), ProduceError> {
+    fn produce_side_outputs(&self, works: &[Work], plans: &[Plan]) -> Result<(), ProduceError> {
         let batch = self.producer.batch();
         let mut sent = 0usize;
         for w in works {
@@ -972,32 +977,22 @@ impl Pipeline {
                 sent += 1;
             }
         }
-        let alerts = self.queue_alerts(&batch, plans, produced, &mut sent)?;
-        self.await_batch(batch, sent)?;
-        produced.extend(alerts);
-        Ok(())
+        self.queue_alerts(&batch, plans, &mut sent)?;
+        self.await_batch(batch, sent)
     }
 
     fn queue_alerts(
         &self,
         batch: &lambdalake_kafka::Batch<'_>,
         plans: &[Plan],
-        produced: &HashSet<String>,
         sent: &mut usize,
-    ) -> Result<Vec<String>, ProduceError> {
-        let mut ids = Vec::new();
-        for plan in plans {
-            for a in &plan.alerts {
-                if produced.contains(&a.alert_id) {
-                    continue;
-                }
-                let body = serde_json::to_vec(a).unwrap_or_default();
-                batch.send(*sent, &self.settings.alerts_topic, a.key.as_bytes(), &body)?;
-                *sent += 1;
-                ids.push(a.alert_id.clone());
-            }
+    ) -> Result<(), ProduceError> {
+        for a in plans.iter().flat_map(|p| &p.alerts) {
+            let body = serde_json::to_vec(a).unwrap_or_default();
+            batch.send(*sent, &self.settings.alerts_topic, a.key.as_bytes(), &body)?;
+            *sent += 1;
         }
-        Ok(ids)
+        Ok(())
     }
 
     fn await_batch(
