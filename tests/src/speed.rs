@@ -97,6 +97,11 @@ impl Setup {
 
     /// The service's arguments for this deployment, talking to Redis at `redis_url`.
     fn args(&self, redis_url: &str) -> Vec<String> {
+        self.args_in(redis_url, &self.group)
+    }
+
+    /// The same arguments with another consumer group.
+    fn args_in(&self, redis_url: &str, group: &str) -> Vec<String> {
         [
             "--listen",
             "127.0.0.1:0",
@@ -113,7 +118,7 @@ impl Setup {
             "--key-prefix",
             &self.prefix,
             "--group",
-            &self.group,
+            group,
             "--redis-url",
             redis_url,
             // a killed member's partitions move after 6 s rather than 45 s
@@ -136,10 +141,16 @@ impl Setup {
 
     /// Start one `lambdalake-speed` process; its log goes to a file named in failures.
     fn spawn(&mut self, extra: &[&str]) -> Child {
+        let group = self.group.clone();
+        self.spawn_in(&group, extra)
+    }
+
+    /// Start one `lambdalake-speed` process in consumer group `group`.
+    fn spawn_in(&mut self, group: &str, extra: &[&str]) -> Child {
         let log = std::env::temp_dir().join(format!("{}-{}.log", self.prefix, self.logs.len()));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(speed_binary());
-        cmd.args(self.args(&redis_url()))
+        cmd.args(self.args_in(&redis_url(), group))
             .args(extra)
             .env("LAMBDALAKE_LOG", "info")
             .stdout(Stdio::from(file.try_clone().expect("log file")))
@@ -559,11 +570,21 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
 /// A generated stream: `n` events over `devices` devices and cards, event time advancing 20 ms
 /// per event with up to ±2 s of disorder, and `dup_share` exact copies re-sent a little later.
 fn stream(n: usize, keys: usize, dup_share: f64) -> (Vec<String>, Vec<String>) {
+    stream_spaced(n, keys, dup_share, 20)
+}
+
+/// [`stream`] with `step_ms` of event time between consecutive events (±2 s), ending a minute ago.
+fn stream_spaced(
+    n: usize,
+    keys: usize,
+    dup_share: f64,
+    step_ms: i64,
+) -> (Vec<String>, Vec<String>) {
     let mut rng = rand::rng();
-    let t0 = now_ms() - 600_000;
+    let t0 = now_ms() - 60_000 - n as i64 * step_ms;
     let (mut sensors, mut payments) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let ts = t0 + i as i64 * 20 + rng.random_range(-2_000..2_000);
+        let ts = t0 + i as i64 * step_ms + rng.random_range(-2_000..2_000);
         let k = rng.random_range(0..keys);
         if i % 2 == 0 {
             let t = f64::from(rng.random_range(-500..1500)) / 100.0;
@@ -685,6 +706,34 @@ async fn two_instances_split_the_partitions_and_one_takes_over_after_a_kill() {
     )
     .await;
     s.wait_applied(Duration::from_secs(90));
+    s.assert_views(&s.sensors.clone(), &s.payments.clone());
+}
+
+/// Two deployments misconfigured with one key prefix and two consumer groups both read every
+/// partition: the stored offsets fence them, and each write that lost the race is read again
+/// from Redis' state — nothing the loser planned but did not apply (its watermark floor included)
+/// may survive the repositioning.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_groups_writing_one_prefix_are_fenced_by_the_stored_offsets() {
+    let mut s = Setup::new();
+    // a second of event time between events: a partition's share of a batch spans more than
+    // the allowed lateness
+    let (sensors, payments) = stream_spaced(4_000, 20, 0.02, 1_000);
+    let other = unique("it-speed-other");
+    let _guard = Kill(vec![s.spawn(&[]), s.spawn_in(&other, &[])]);
+    send_stream(&mut s, &sensors, &payments, 50, Duration::from_millis(20)).await;
+    s.wait_applied(Duration::from_secs(90));
+    // both may still hold unapplied work; let them settle
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs: String = s
+        .logs
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("does not continue the stored offset") || logs.contains("already applied"),
+        "the two groups never raced: the test did not exercise the fence"
+    );
     s.assert_views(&s.sensors.clone(), &s.payments.clone());
 }
 

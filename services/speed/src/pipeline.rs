@@ -859,7 +859,7 @@ impl Pipeline {
                         next = r.next,
                         "micro-batch already applied; skipping"
                     );
-                    self.reposition(r.topic_index, r.partition, stored, true);
+                    self.reposition(r.topic_index, r.partition, stored);
                 }
                 Outcome::Mismatch { stored } => {
                     metrics::APPLY_RETRIES
@@ -892,7 +892,7 @@ impl Pipeline {
                         next = r.next,
                         "micro-batch does not continue the stored offset; seeking to it"
                     );
-                    self.reposition(r.topic_index, r.partition, stored, true);
+                    self.reposition(r.topic_index, r.partition, stored);
                     if let Some(info) = self.parts.get_mut(&key) {
                         info.gap_ok = gap;
                     }
@@ -902,28 +902,35 @@ impl Pipeline {
         }
     }
 
-    /// Move a partition to `stored` (its offset in Redis) and forget what is cached for it.
-    fn reposition(&mut self, ti: usize, p: i32, stored: i64, seek: bool) {
+    /// Another writer moved the partition (or this instance's own earlier assignment did):
+    /// everything planned here since the stored offset was not applied. Take the partition's
+    /// state from Redis as a new assignment would — offset, watermark floor, largest event time
+    /// — and forget the cache; nothing derived from the unapplied batches may survive (a
+    /// watermark advanced by them would call the records read again late and drop them).
+    fn reposition(&mut self, ti: usize, p: i32, stored: i64) {
         let topic = self.settings.topics[ti].clone();
-        // another instance wrote this partition: forget what is cached, take its floor
-        let st = crate::consumer::load_states(&self.redis, &self.keys, &[(topic.clone(), p)])
-            .ok()
-            .and_then(|s| s.into_iter().next());
-        self.epoch_seq += 1;
-        let epoch = self.epoch_seq;
-        if let Some(info) = self.parts.get_mut(&(ti, p)) {
-            info.expect = Some(stored);
-            info.epoch = epoch;
-            if let Some(wm) = st.and_then(|s| s.watermark) {
-                info.floor = Some(info.floor.map_or(wm, |f| f.max(wm)));
-            }
+        let parts = [(topic.clone(), p)];
+        let Some(st) = self.retry("read a partition's stored state", Dep::Redis, |s| {
+            crate::consumer::load_states(&s.redis, &s.keys, &parts)
+        }) else {
+            return; // shutting down: the partition is read again from Redis at the next start
+        };
+        let st = st.into_iter().next().unwrap_or_default();
+        if !self.parts.contains_key(&(ti, p)) {
+            return; // revoked meanwhile
         }
-        // everything may exist in Redis now
+        // the state read now may already be past the offset the applier reported
+        let offset = st.offset.unwrap_or(stored);
+        let now = now_ms();
+        self.assign(ti, p, st, now);
+        if let Some(info) = self.parts.get_mut(&(ti, p)) {
+            info.expect = Some(offset);
+        }
+        // another writer may still move it: everything may exist in Redis
         self.caches.insert((ti, p), PartCache::new(Some(i64::MAX)));
-        if seek
-            && let Err(e) =
-                self.consumer
-                    .seek(&topic, p, Offset::Offset(stored), Duration::from_secs(5))
+        if let Err(e) =
+            self.consumer
+                .seek(&topic, p, Offset::Offset(offset), Duration::from_secs(5))
         {
             tracing::warn!(topic, partition = p, error = %e, "seek failed");
         }
