@@ -19,12 +19,14 @@ pub mod body;
 mod codes;
 mod error;
 mod fields;
+mod label;
 mod payment;
 mod policy;
 mod sensor;
 
 pub use error::{ErrorCode, FieldError};
 pub use fields::{Amount, Country, Currency, EventId, EventTime, Ident, Mcc};
+pub use label::FraudLabel;
 pub use payment::Payment;
 pub use policy::Policy;
 pub use sensor::SensorReading;

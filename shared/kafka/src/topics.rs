@@ -51,6 +51,14 @@ pub struct TopicArgs {
     )]
     pub dead_letter: String,
 
+    /// Topic of fraud labels (verdicts on payments, keyed by `card_id`) the batch layer trains on.
+    #[arg(
+        long = "topic-fraud-labels",
+        env = "LAMBDALAKE_TOPIC_FRAUD_LABELS",
+        default_value = "fraud-labels"
+    )]
+    pub fraud_labels: String,
+
     /// Partitions of each topic when a service creates it.
     #[arg(
         long = "topic-partitions",
