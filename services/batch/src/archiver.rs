@@ -473,6 +473,56 @@ impl Archiver {
     }
 }
 
+/// Append already-read records (offset, Kafka timestamp, payload) of one partition to the
+/// dataset, as the archiver does after a poll: decoded, written per kind and date, committed.
+/// For tools that fill a dataset without a broker (tests, the benchmark's generator). The
+/// records must follow the partition's manifest.
+pub fn append(
+    dataset: &Dataset,
+    topic: &str,
+    partition: i32,
+    kind: Kind,
+    records: impl IntoIterator<Item = (i64, Option<i64>, Vec<u8>)>,
+) -> Result<Manifest, DatasetError> {
+    let manifest = dataset
+        .manifest(topic, partition)?
+        .unwrap_or_else(|| Manifest::new(topic, partition));
+    let policy = Policy::stored();
+    let recs: Vec<Rec> = records
+        .into_iter()
+        .map(|(offset, kafka_ts, raw)| {
+            let row = decode(kind, &raw, &policy);
+            Rec {
+                offset,
+                kafka_ts,
+                raw,
+                row,
+            }
+        })
+        .collect();
+    let mut part = Part {
+        kind,
+        expect: manifest.next_offset,
+        manifest,
+        buffer: Vec::new(),
+        orphans_checked: true,
+    };
+    match flush(dataset, &mut part, recs)? {
+        Flushed::Committed(_) => Ok(part.manifest),
+        Flushed::Fenced(m) => Ok(m),
+    }
+}
+
+fn decode(kind: Kind, payload: &[u8], policy: &Policy) -> Row {
+    match kind {
+        Kind::SensorReading => SensorReading::from_json(payload, policy).map(Row::Sensor),
+        Kind::Payment => Payment::from_json(payload, policy).map(Row::Payment),
+        Kind::FraudLabel => FraudLabel::from_json(payload, policy).map(Row::Label),
+        Kind::Invalid => Ok(Row::Invalid("not an event topic".to_owned())),
+    }
+    .unwrap_or_else(|e| Row::Invalid(e.to_string()))
+}
+
 enum Flushed {
     Committed(usize),
     /// The manifest on disk is not the one this instance committed last.

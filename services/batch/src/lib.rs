@@ -339,3 +339,6 @@ impl Application {
         result.map_err(|(task, error)| format!("{task}: {error}"))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -79,7 +79,10 @@ fn scan(paths: &[PathBuf], columns: &[&str]) -> PolarsResult<Option<LazyFrame>> 
         .iter()
         .map(|p| PlRefPath::from(p.to_string_lossy().as_ref()))
         .collect();
-    let lf = LazyFrame::scan_parquet_files(sources.into(), ScanArgsParquet::default())?;
+    let mut args = ScanArgsParquet::default();
+    // the directory names are for people and other engines: the columns are in the files
+    args.hive_options.enabled = Some(false);
+    let lf = LazyFrame::scan_parquet_files(sources.into(), args)?;
     Ok(Some(lf.select(
         columns.iter().map(|c| col(*c)).collect::<Vec<_>>(),
     )))
