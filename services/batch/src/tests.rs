@@ -125,9 +125,11 @@ fn events(seed: u64, n: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
             ).into_bytes());
         } else {
             let country = ["FR", "DE", "ES", "IT"][rng.random_range(0..4)];
+            // the first third's cards stop paying: their sessions close before the cutoff
+            let card = rng.random_range(0..9) + if i < n / 3 { 0 } else { 10 };
             payments.push(format!(
                 r#"{{"event_id":"p{i}","txn_id":"t{i}","card_id":"c{}","merchant_id":"m{}","mcc":"5411","amount":{}.{:02},"currency":"EUR","country":"{country}","lat":48.8,"lon":2.3,"ts":{ts}}}"#,
-                rng.random_range(0..9),
+                card,
                 rng.random_range(0..6),
                 rng.random_range(1..900),
                 rng.random_range(0..100)
@@ -153,8 +155,14 @@ fn archive(dataset: &Dataset, topic: &str, kind: Kind, records: &[Vec<u8>], chun
     for batch in records.chunks(chunk) {
         let mut by_part: [Vec<(i64, Option<i64>, Vec<u8>)>; 2] = Default::default();
         for r in batch {
-            // a key's events stay in one partition: route by the id's last digit
-            let key = r.iter().rev().find(|b| b.is_ascii_digit()).copied().unwrap_or(0) as usize;
+            // a key's events stay in one partition, as with Kafka's key hashing
+            let key = serde_json::from_slice::<serde_json::Value>(r)
+                .ok()
+                .and_then(|v| {
+                    let k = v.get("device_id").or_else(|| v.get("card_id"))?;
+                    Some(k.as_str()?.bytes().map(usize::from).sum::<usize>())
+                })
+                .unwrap_or(0);
             let p = key % parts;
             by_part[p].push((next[p], Some(1_764_025_200_000), r.clone()));
             next[p] += 1;
