@@ -3,6 +3,8 @@
 //! its own topics, so tests run in parallel and leave nothing behind that another test reads.
 
 #[cfg(test)]
+mod batch;
+#[cfg(test)]
 mod ingest;
 #[cfg(test)]
 mod speed;

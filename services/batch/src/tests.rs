@@ -30,8 +30,16 @@ fn sensor_view(r: &Recomputed, view: &str) -> Keyed<SensorAgg> {
         .unwrap();
     let s = |c: &str| df.column(c).unwrap().clone();
     let (dev, start, end, count) = (s("device_id"), s("start_ms"), s("end_ms"), s("count"));
-    let (tmin, tmax, tsum) = (s("temperature_min"), s("temperature_max"), s("temperature_sum_micro"));
-    let (vmin, vmax, vsum) = (s("vibration_min"), s("vibration_max"), s("vibration_sum_micro"));
+    let (tmin, tmax, tsum) = (
+        s("temperature_min"),
+        s("temperature_max"),
+        s("temperature_sum_micro"),
+    );
+    let (vmin, vmax, vsum) = (
+        s("vibration_min"),
+        s("vibration_max"),
+        s("vibration_sum_micro"),
+    );
     let mut out = Keyed::new();
     for i in 0..df.height() {
         let f = |c: &Column| c.f64().unwrap().get(i).unwrap();
@@ -199,11 +207,18 @@ fn the_recompute_equals_the_one_shot_views_on_the_same_events() {
         table::dedupe(&readings).len() + table::dedupe(&pays).len()
     );
     // most windows are closed: the comparison covers them
-    assert!(sensor_view(&r, "1m").len() > 300, "{}", sensor_view(&r, "1m").len());
+    assert!(
+        sensor_view(&r, "1m").len() > 300,
+        "{}",
+        sensor_view(&r, "1m").len()
+    );
     assert!(r.card_sessions.height() > 5, "{}", r.card_sessions.height());
     assert_eq!(
         sensor_view(&r, "1m"),
-        closed(table::sensor_windows(&readings, WindowSpec::ONE_MINUTE), cutoff)
+        closed(
+            table::sensor_windows(&readings, WindowSpec::ONE_MINUTE),
+            cutoff
+        )
     );
     let five = WindowSpec::Sliding {
         size_ms: 300_000,

@@ -1,0 +1,419 @@
+//! The batch layer on the real broker, Postgres and filesystem: the `lambdalake-batch` archiver
+//! under SIGKILLs, and versioned publication read concurrently.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lambdalake_batch::archiver::append;
+use lambdalake_batch::dataset::{Dataset, Kind};
+use lambdalake_kafka::{KafkaArgs, Producer, ProducerArgs};
+use polars::prelude::*;
+use rand::Rng;
+
+use crate::support::unique;
+
+fn batch_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("lambdalake-batch"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p lambdalake-batch`; infra/local/test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn postgres_url() -> String {
+    std::env::var("LAMBDALAKE_POSTGRES_URL").unwrap_or_else(|_| {
+        "postgres://lambdalake:lambdalake@127.0.0.1:15432/lambdalake".to_owned()
+    })
+}
+
+/// A fresh database for one test; its URL.
+async fn fresh_database() -> String {
+    let admin = lambdalake_batch::connect(&postgres_url())
+        .await
+        .expect("postgres (is the local stack up?)");
+    let name = unique("ll_test").replace('-', "_");
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .expect("create database");
+    let base = postgres_url();
+    let (head, _) = base.rsplit_once('/').expect("a database in the URL");
+    format!("{head}/{name}")
+}
+
+fn kafka() -> (KafkaArgs, ProducerArgs) {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        producer: ProducerArgs,
+    }
+    let cli = <Cli as clap::Parser>::parse_from(["tests"]);
+    (cli.kafka, cli.producer)
+}
+
+struct Kill(Vec<Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every (offset, raw record) a partition's manifest lists, in file order.
+fn archived(dataset: &Dataset, topic: &str, partition: i32) -> Vec<(i64, String)> {
+    let Some(m) = dataset.manifest(topic, partition).expect("manifest") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for f in &m.files {
+        let file = std::fs::File::open(dataset.path(&f.path)).expect("listed file exists");
+        let df = ParquetReader::new(file).finish().expect("parquet");
+        let offsets = df.column("offset").unwrap().i64().unwrap().clone();
+        let raw = df.column("raw").unwrap().clone();
+        for i in 0..df.height() {
+            let r = match raw.dtype() {
+                DataType::String => raw.str().unwrap().get(i).unwrap().to_owned(),
+                _ => String::from_utf8_lossy(raw.binary().unwrap().get(i).unwrap()).into_owned(),
+            };
+            out.push((offsets.get(i).unwrap(), r));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archiver_killed_at_random_moments_keeps_every_record_exactly_once() {
+    let (kafka, producer_args) = kafka();
+    let producer = Producer::new(&kafka, &producer_args).expect("producer");
+    let sensor = unique("it-sensor");
+    let payment = unique("it-payment");
+    let labels = unique("it-labels");
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let group = unique("it-archiver");
+    let log = std::env::temp_dir().join(format!("{group}.log"));
+    let spawn = || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        Command::new(batch_binary())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--dataset",
+                dir.to_str().unwrap(),
+                "--group",
+                &group,
+                "--topic-sensor-readings",
+                &sensor,
+                "--topic-payments",
+                &payment,
+                "--topic-fraud-labels",
+                &labels,
+                "--flush-interval",
+                "150ms",
+                "--flush-records",
+                "500",
+                "--compact-every",
+                "1s",
+                "--compact-min-files",
+                "4",
+                "--kafka-option",
+                "session.timeout.ms=6000",
+                "--kafka-option",
+                "heartbeat.interval.ms=500",
+                "archive",
+            ])
+            .env("LAMBDALAKE_LOG", "info")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start lambdalake-batch")
+    };
+    let mut guard = Kill(vec![spawn()]);
+    let mut rng = rand::rng();
+    let t0 = 1_764_028_000_000i64;
+    // what was produced: (topic, partition) → offset → payload
+    let mut sent: HashMap<(String, i32), BTreeMap<i64, String>> = HashMap::new();
+    let mut kills = 0;
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.random_range(1_000..2_500));
+    let mut i = 0u64;
+    while i < 30_000 || kills < 5 {
+        let batch = producer.batch();
+        let mut payloads = Vec::new();
+        for _ in 0..300 {
+            i += 1;
+            let ts = t0 + i as i64 * 37;
+            let (topic, key, json) = if i.is_multiple_of(3) {
+                let card = format!("c{}", i % 50);
+                (
+                    &payment,
+                    card.clone(),
+                    format!(
+                        r#"{{"event_id":"p{i}","txn_id":"t{i}","card_id":"{card}","merchant_id":"m1","mcc":"5411","amount":12.5,"currency":"EUR","country":"FR","lat":1.0,"lon":2.0,"ts":{ts}}}"#
+                    ),
+                )
+            } else if i.is_multiple_of(97) {
+                // not an event: archived as invalid, never lost
+                (&sensor, "bad".to_owned(), format!("{{broken {i}"))
+            } else {
+                let dev = format!("d{}", i % 30);
+                (
+                    &sensor,
+                    dev.clone(),
+                    format!(
+                        r#"{{"event_id":"s{i}","device_id":"{dev}","site":"p","ts":{ts},"temperature_c":20.5,"vibration_mm_s":1.25}}"#
+                    ),
+                )
+            };
+            batch
+                .send(payloads.len(), topic, key.as_bytes(), json.as_bytes())
+                .expect("enqueue");
+            payloads.push((topic.clone(), json));
+        }
+        for (slot, outcome) in batch.acked().await {
+            let acked = outcome.expect("acknowledged");
+            let (topic, json) = &payloads[slot];
+            sent.entry((topic.clone(), acked.partition))
+                .or_default()
+                .insert(acked.offset, json.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if Instant::now() >= next_kill {
+            let child = &mut guard.0[0];
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+            kills += 1;
+            guard.0[0] = spawn();
+            next_kill = Instant::now() + Duration::from_millis(rng.random_range(1_000..2_500));
+        }
+    }
+    // wait until every partition's manifest reached what was produced
+    let dataset = Dataset::open(&dir).expect("dataset");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let behind: Vec<String> = sent
+            .iter()
+            .filter_map(|((topic, p), offsets)| {
+                let end = offsets.keys().last().map_or(0, |o| o + 1);
+                let next = dataset
+                    .manifest(topic, *p)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |m| m.next_offset);
+                (next < end).then(|| format!("{topic}/{p}: {next} < {end}"))
+            })
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archiver did not catch up: {behind:?}; log {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(kills >= 5);
+    for ((topic, p), offsets) in &sent {
+        let got = archived(&dataset, topic, *p);
+        let mut by_offset: BTreeMap<i64, String> = BTreeMap::new();
+        for (offset, raw) in got {
+            assert!(
+                by_offset.insert(offset, raw).is_none(),
+                "{topic}/{p}: offset {offset} archived twice"
+            );
+        }
+        assert_eq!(
+            &by_offset, offsets,
+            "{topic}/{p}: the archive differs from what was produced"
+        );
+    }
+    // the compaction ran and nothing the manifests do not list is left
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.contains("compacted small files"),
+        "no compaction happened; log {}",
+        log.display()
+    );
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sensor readings of `devices` devices, one per second from `t0`, as (offset, ts, raw).
+fn readings(from: i64, n: i64, t0: i64, devices: i64) -> Vec<(i64, Option<i64>, Vec<u8>)> {
+    (from..from + n)
+        .map(|i| {
+            let ts = t0 + i * 1_000;
+            (
+                i,
+                Some(ts),
+                format!(
+                    r#"{{"event_id":"s{i}","device_id":"d{}","site":"p","ts":{ts},"temperature_c":{}.5,"vibration_mm_s":1.0}}"#,
+                    i % devices,
+                    i % 40
+                )
+                .into_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn config_for(dataset: &Path, url: &str) -> lambdalake_batch::Config {
+    <lambdalake_batch::Config as clap::Parser>::try_parse_from([
+        "lambdalake-batch",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--postgres-url",
+        url,
+        "--keep-versions",
+        "2",
+        "run-once",
+    ])
+    .expect("valid arguments")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_is_published_atomically_while_readers_query_the_last_one() {
+    let url = fresh_database().await;
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let dataset = Dataset::open(&dir).unwrap();
+    let t0 = 1_764_028_800_000i64; // a minute boundary
+    append(
+        &dataset,
+        "s",
+        0,
+        Kind::SensorReading,
+        readings(0, 20_000, t0, 50),
+    )
+    .unwrap();
+    let config = config_for(&dir, &url);
+    let first = lambdalake_batch::run_once(&config)
+        .await
+        .expect("first run");
+    assert_eq!(first.version, 1);
+    // cutoff: the last reading (t0 + 19,999 s) − 30 s, floored to the minute
+    let cutoff = first.cutoff_ms.expect("cutoff");
+    assert_eq!(
+        cutoff,
+        (t0 + 19_999_000 - 30_000).div_euclid(60_000) * 60_000
+    );
+    let expected_v1 = (cutoff - t0) / 1_000; // readings in closed 1-minute windows
+    let client = lambdalake_batch::connect(&url).await.unwrap();
+    let row = client
+        .query_one(
+            "select sum(count)::bigint, count(*) from sensor_windows where version = 1 and view = '1m'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), expected_v1);
+    // one window checked field by field: device d0's first minute holds readings 0, 50
+    let w = client
+        .query_one(
+            "select count, temperature_min, temperature_max, temperature_sum_micro
+             from sensor_windows where version = 1 and view = '1m' and device_id = 'd0' and start_ms = $1",
+            &[&t0],
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.get::<_, i64>(0), 2);
+    assert_eq!(w.get::<_, f64>(1), 0.5);
+    assert_eq!(w.get::<_, f64>(2), 10.5);
+    assert_eq!(w.get::<_, i64>(3), 11_000_000);
+
+    // more data, and a reader that checks every version it sees is whole
+    append(
+        &dataset,
+        "s",
+        0,
+        Kind::SensorReading,
+        readings(20_000, 20_000, t0, 50),
+    )
+    .unwrap();
+    let reader_url = url.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_r = stop.clone();
+    let reader = tokio::spawn(async move {
+        let mut c = lambdalake_batch::connect(&reader_url).await.unwrap();
+        let mut seen: BTreeMap<i64, u64> = BTreeMap::new();
+        while !stop_r.load(std::sync::atomic::Ordering::Acquire) {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .unwrap();
+            let v = tx
+                .query_one(
+                    "select version, cutoff_ms from batch_runs order by version desc limit 1",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let (version, cutoff): (i64, i64) = (v.get(0), v.get(1));
+            let sum: i64 = tx
+                .query_one(
+                    "select coalesce(sum(count), 0)::bigint from sensor_windows where version = $1 and view = '1m'",
+                    &[&version],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            tx.commit().await.unwrap();
+            assert_eq!(
+                sum,
+                (cutoff - t0) / 1_000,
+                "version {version} read incomplete"
+            );
+            *seen.entry(version).or_default() += 1;
+        }
+        seen
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = lambdalake_batch::run_once(&config)
+        .await
+        .expect("second run");
+    assert_eq!(second.version, 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let seen = reader.await.expect("reader");
+    assert!(seen.contains_key(&1) && seen.contains_key(&2), "{seen:?}");
+    // a third run drops version 1 (two versions kept)
+    let third = lambdalake_batch::run_once(&config)
+        .await
+        .expect("third run");
+    assert_eq!(third.version, 3);
+    let versions: Vec<i64> = client
+        .query("select version from batch_runs order by version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![2, 3]);
+    let gone = client
+        .query(
+            "select 1 from sensor_windows where version = 1 limit 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(gone.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
