@@ -156,12 +156,15 @@ fn events(seed: u64, n: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (sensors, payments)
 }
 
+/// (offset, Kafka timestamp, payload).
+type Record = (i64, Option<i64>, Vec<u8>);
+
 /// Append `records` to `partitions` partitions of `topic` (by index), in flushes of `chunk`.
 fn archive(dataset: &Dataset, topic: &str, kind: Kind, records: &[Vec<u8>], chunk: usize) {
     let parts = 2;
     let mut next = [0i64; 2];
     for batch in records.chunks(chunk) {
-        let mut by_part: [Vec<(i64, Option<i64>, Vec<u8>)>; 2] = Default::default();
+        let mut by_part: [Vec<Record>; 2] = Default::default();
         for r in batch {
             // a key's events stay in one partition, as with Kafka's key hashing
             let key = serde_json::from_slice::<serde_json::Value>(r)
