@@ -15,18 +15,7 @@ use rand::Rng;
 use crate::support::unique;
 
 fn batch_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("lambdalake-batch"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p lambdalake-batch`; infra/local/test does)",
-        bin.display()
-    );
-    bin
+    crate::support::workspace_binary("lambdalake-batch")
 }
 
 fn postgres_url() -> String {
@@ -51,15 +40,7 @@ async fn fresh_database() -> String {
 }
 
 fn kafka() -> (KafkaArgs, ProducerArgs) {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        #[command(flatten)]
-        producer: ProducerArgs,
-    }
-    let cli = <Cli as clap::Parser>::parse_from(["tests"]);
-    (cli.kafka, cli.producer)
+    crate::support::kafka_and_producer()
 }
 
 struct Kill(Vec<Child>);

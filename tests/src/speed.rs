@@ -22,32 +22,11 @@ fn redis_url() -> String {
 }
 
 fn speed_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/lambdalake-speed
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("lambdalake-speed"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p lambdalake-speed`; infra/local/test does)",
-        bin.display()
-    );
-    bin
+    crate::support::workspace_binary("lambdalake-speed")
 }
 
-/// Producer and consumer settings from the environment (`infra/local/stack env`).
 fn kafka() -> (KafkaArgs, ProducerArgs) {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        #[command(flatten)]
-        producer: ProducerArgs,
-    }
-    let cli = <Cli as clap::Parser>::parse_from(["tests"]);
-    (cli.kafka, cli.producer)
+    crate::support::kafka_and_producer()
 }
 
 /// One speed-layer deployment: its topics, key prefix and group, all fresh.

@@ -208,3 +208,33 @@ fn murmur2_matches_kafka() {
     );
     assert_eq!(murmur2(b"abc"), 479_470_107);
 }
+
+/// A binary of the workspace, built next to this test binary (`infra/local/test` builds them).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join(name))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p {name}`; infra/local/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Producer and consumer settings from the environment (`infra/local/stack env`).
+pub fn kafka_and_producer() -> (KafkaArgs, lambdalake_kafka::ProducerArgs) {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        producer: lambdalake_kafka::ProducerArgs,
+    }
+    let cli = <Cli as clap::Parser>::parse_from(["tests"]);
+    (cli.kafka, cli.producer)
+}

@@ -560,15 +560,7 @@ fn flush(dataset: &Dataset, part: &mut Part, records: Vec<Rec>) -> Result<Flushe
             path: dataset.path(&path),
             source,
         })?;
-        let full = dataset.path(&path);
-        let bytes = dataset.put(&path, |f| {
-            ParquetWriter::new(f)
-                .with_compression(ParquetCompression::Zstd(None))
-                .finish(&mut df)
-                .map(|_| ())
-                .map_err(std::io::Error::other)
-        })?;
-        let _ = full;
+        let bytes = put_parquet(dataset, &path, &mut df)?;
         next.files.push(FileEntry {
             path,
             kind,
@@ -590,6 +582,17 @@ fn flush(dataset: &Dataset, part: &mut Part, records: Vec<Rec>) -> Result<Flushe
     dataset.put_manifest(&next)?;
     part.manifest = next;
     Ok(Flushed::Committed(files))
+}
+
+/// Write `df` as one zstd Parquet file at `path`, atomically; its size.
+fn put_parquet(dataset: &Dataset, path: &str, df: &mut DataFrame) -> Result<u64, DatasetError> {
+    dataset.put(path, |f| {
+        ParquetWriter::new(f)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(df)
+            .map(|_| ())
+            .map_err(std::io::Error::other)
+    })
 }
 
 fn now_ms() -> i64 {
@@ -782,13 +785,7 @@ pub fn compact(
             first,
             last,
         );
-        let bytes = dataset.put(&path, |f| {
-            ParquetWriter::new(f)
-                .with_compression(ParquetCompression::Zstd(None))
-                .finish(&mut df)
-                .map(|_| ())
-                .map_err(std::io::Error::other)
-        })?;
+        let bytes = put_parquet(dataset, &path, &mut df)?;
         let entry = FileEntry {
             path,
             kind,
