@@ -96,6 +96,34 @@ pub struct Config {
     #[arg(long, env = "LAMBDALAKE_BATCH_ALLOWED_LATENESS", value_parser = humantime::parse_duration, default_value = "30s")]
     pub allowed_lateness: Duration,
 
+    /// Fewest labelled frauds in the training split for a fraud model to be trained (until then
+    /// the speed layer scores with its rules).
+    #[arg(long, env = "LAMBDALAKE_BATCH_MODEL_MIN_FRAUDS", default_value = "10")]
+    pub model_min_frauds: usize,
+
+    /// Most payments the model is trained and tested on; legitimate payments are sampled
+    /// beyond it (every fraud is kept).
+    #[arg(long, env = "LAMBDALAKE_BATCH_MODEL_MAX_ROWS", default_value = "500000")]
+    pub model_max_rows: NonZeroUsize,
+
+    /// Redis the speed layer reads; each run writes the card profiles, device baselines and
+    /// fraud model there after publishing to Postgres.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_REDIS_URL",
+        default_value = "redis://127.0.0.1:16379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// The speed layer's Redis key prefix.
+    #[arg(long, env = "LAMBDALAKE_SPEED_KEY_PREFIX", default_value = "ll")]
+    pub key_prefix: String,
+
+    /// Write profiles, baselines and the model to Redis after each run.
+    #[arg(long, env = "LAMBDALAKE_BATCH_PUBLISH_REFERENCE", default_value_t = true, action = ArgAction::Set)]
+    pub publish_reference: bool,
+
     /// Create the topics the archiver reads when they do not exist.
     #[arg(long, env = "LAMBDALAKE_BATCH_CREATE_TOPICS", default_value_t = true, action = ArgAction::Set)]
     pub create_topics: bool,
@@ -140,6 +168,17 @@ impl Config {
             problems.push(format!(
                 "LAMBDALAKE_POSTGRES_URL is not a PostgreSQL URL: {e}"
             ));
+        }
+        if self.publish_reference {
+            if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+                problems.push(format!("LAMBDALAKE_REDIS_URL is not a Redis URL: {e}"));
+            }
+            if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+                problems.push(format!(
+                    "LAMBDALAKE_SPEED_KEY_PREFIX must be non-empty without spaces, got {:?}",
+                    self.key_prefix
+                ));
+            }
         }
         if self
             .kafka

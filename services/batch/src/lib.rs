@@ -7,8 +7,10 @@ pub mod archiver;
 mod config;
 pub mod dataset;
 pub mod metrics;
+pub mod model;
 pub mod publish;
 pub mod recompute;
+pub mod reference;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -64,6 +66,10 @@ pub enum RunError {
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub version: i64,
+    /// The model published with the version (its `version` field named), or why there is none.
+    pub model: Result<publish::TrainedModel, String>,
+    /// What was written to Redis for the speed layer, or why not.
+    pub reference: Result<reference::Written, String>,
     pub rows_scanned: u64,
     pub events_counted: u64,
     pub cutoff_ms: Option<i64>,
@@ -86,7 +92,31 @@ impl std::fmt::Display for RunSummary {
         for (i, (t, n)) in self.rows.iter().enumerate() {
             write!(f, "{}{t}={n}", if i > 0 { " " } else { "" })?;
         }
-        write!(f, "] in {:.2?} (", self.duration)?;
+        match &self.model {
+            Ok(m) => {
+                let q = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"));
+                write!(
+                    f,
+                    "], model {} (trained on {}, held out {}: precision {}, recall {}, AUC {})",
+                    m.model.version,
+                    m.trained_on,
+                    m.held_out,
+                    q(m.precision),
+                    q(m.recall),
+                    q(m.auc)
+                )?;
+            }
+            Err(why) => write!(f, "], no model ({why})")?,
+        }
+        match &self.reference {
+            Ok(w) => write!(
+                f,
+                ", Redis: {} profiles {} baselines",
+                w.profiles, w.baselines
+            )?,
+            Err(why) => write!(f, ", Redis not updated ({why})")?,
+        }
+        write!(f, " in {:.2?} (", self.duration)?;
         for (i, (p, d)) in self.phases.iter().enumerate() {
             write!(f, "{}{p} {:.2?}", if i > 0 { ", " } else { "" }, d)?;
         }
@@ -118,21 +148,37 @@ pub async fn run_once(config: &Config) -> Result<RunSummary, RunError> {
     let dataset = Dataset::open(&config.dataset)?;
     let lateness = i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX);
     tracing::info!(dataset = %config.dataset.display(), "recompute: reading the master dataset");
+    let settings = model::ModelSettings {
+        min_frauds: config.model_min_frauds,
+        max_rows: config.model_max_rows.get(),
+    };
     let result = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
         let t0 = Instant::now();
         let snapshot = dataset.snapshot()?;
         let listed = t0.elapsed();
         let mut r = recompute::recompute(&snapshot, lateness)?;
         r.phases.insert(0, ("list", listed));
-        Ok(r)
+        let t0 = Instant::now();
+        let profiles = model::card_profiles(&r.card_profiles)?;
+        let baselines = reference::device_baselines(&r.device_baselines)?;
+        let training = model::train(&r.payments, &r.labels, &profiles, settings)?;
+        r.phases.push(("model", t0.elapsed()));
+        Ok((r, training, profiles, baselines))
     })
     .await
     .map_err(|_| RunError::Panicked)?;
-    let r = match result {
+    let (r, training, profiles, baselines) = match result {
         Ok(r) => r,
         Err(e) => {
             metrics::RUNS.with_label_values(&["failed"]).inc();
             return Err(e);
+        }
+    };
+    let (trained, skipped) = match training {
+        model::Training::Trained(m) => (Some(m), String::new()),
+        model::Training::Skipped(why) => {
+            tracing::info!(reason = %why, "no fraud model this run");
+            (None, why)
         }
     };
     tracing::info!(
@@ -145,7 +191,7 @@ pub async fn run_once(config: &Config) -> Result<RunSummary, RunError> {
     let published = match publish::publish(
         &mut client,
         &r,
-        None,
+        trained.as_ref(),
         started_at,
         duration_ms,
         config.keep_versions.get(),
@@ -160,6 +206,46 @@ pub async fn run_once(config: &Config) -> Result<RunSummary, RunError> {
     };
     let mut phases = r.phases.clone();
     phases.push(("publish", t0.elapsed()));
+    let model = match trained {
+        Some(mut m) => {
+            m.model.version = publish::model_name(published.version);
+            for (measure, v) in [("precision", m.precision), ("recall", m.recall), ("auc", m.auc)] {
+                metrics::MODEL_QUALITY
+                    .with_label_values(&[measure])
+                    .set(v.unwrap_or(f64::NAN));
+            }
+            Ok(m)
+        }
+        None => Err(skipped),
+    };
+    let reference = if config.publish_reference {
+        let t0 = Instant::now();
+        let url = config.redis_url.clone();
+        let keys = lambdalake_views::keys::Keys::new(config.key_prefix.clone());
+        let version = published.version;
+        let m = model.as_ref().ok().map(|m| m.model.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            reference::publish(&url, &keys, version, &profiles, &baselines, m.as_ref())
+        })
+        .await
+        .map_err(|_| "the Redis publication panicked".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        phases.push(("redis", t0.elapsed()));
+        match &written {
+            Ok(_) => metrics::REFERENCE_PUBLICATIONS
+                .with_label_values(&["written"])
+                .inc(),
+            Err(e) => {
+                tracing::warn!(error = %e, version, "cannot write the reference data to Redis; the next run writes it again");
+                metrics::REFERENCE_PUBLICATIONS
+                    .with_label_values(&["failed"])
+                    .inc();
+            }
+        }
+        written
+    } else {
+        Err("LAMBDALAKE_BATCH_PUBLISH_REFERENCE is off".to_owned())
+    };
     let duration = started.elapsed();
     metrics::RUNS.with_label_values(&["published"]).inc();
     metrics::RUN_SECONDS.observe(duration.as_secs_f64());
@@ -170,6 +256,8 @@ pub async fn run_once(config: &Config) -> Result<RunSummary, RunError> {
     }
     Ok(RunSummary {
         version: published.version,
+        model,
+        reference,
         rows_scanned: r.rows_scanned,
         events_counted: r.events_counted,
         cutoff_ms: r.cutoff_ms,

@@ -103,8 +103,19 @@ pub static MODEL_QUALITY: LazyLock<GaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Publications of profiles, baselines and the model to Redis for the speed layer, by outcome
+/// (`written`, `failed`).
+pub static REFERENCE_PUBLICATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_batch_reference_publications_total",
+        "Publications of card profiles, device baselines and the fraud model to Redis, by outcome",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 /// Every metric name, so a test can check `/metrics` shows them all.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "lambdalake_batch_archived_events_total",
     "lambdalake_batch_archiver_files_total",
     "lambdalake_batch_archiver_compacted_files_total",
@@ -115,6 +126,7 @@ pub const NAMES: [&str; 10] = [
     "lambdalake_batch_version",
     "lambdalake_batch_cutoff_seconds",
     "lambdalake_batch_model_quality",
+    "lambdalake_batch_reference_publications_total",
 ];
 
 /// Register every metric, with its series at 0.
@@ -134,5 +146,8 @@ pub fn register() {
     LazyLock::force(&CUTOFF);
     for m in ["precision", "recall", "auc"] {
         MODEL_QUALITY.with_label_values(&[m]);
+    }
+    for o in ["written", "failed"] {
+        REFERENCE_PUBLICATIONS.with_label_values(&[o]);
     }
 }

@@ -103,6 +103,11 @@ pub struct TrainedModel {
     pub auc: Option<f64>,
 }
 
+/// The name of the fraud model of batch version `version` (what a score's `by` says).
+pub fn model_name(version: i64) -> String {
+    format!("batch-v{version}")
+}
+
 /// What a publication wrote.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -227,7 +232,9 @@ pub async fn publish(
     )
     .await?;
     if let Some(m) = model {
-        let json = serde_json::to_value(&m.model).unwrap_or_default();
+        let mut named = m.model.clone();
+        named.version = model_name(version);
+        let json = serde_json::to_value(&named).unwrap_or_default();
         tx.execute(
             "insert into fraud_models (version, model, trained_on, held_out, precision, recall, auc)
              values ($1, $2, $3, $4, $5, $6, $7)",

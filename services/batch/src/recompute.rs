@@ -37,7 +37,7 @@ pub struct Recomputed {
     /// `device_id, hour (null: all hours), count, temperature_{mean,std}, vibration_{mean,std}`.
     pub device_baselines: DataFrame,
     /// `card_id, payments, amount_mean_cents, amount_std_cents, home_country, countries, mccs,
-    /// active_hours`.
+    /// active_hours`, over the card's payments not labelled fraud.
     pub card_profiles: DataFrame,
     /// The labelled payments and their verdicts: `txn_id, card_id, fraud`.
     pub labels: DataFrame,
@@ -278,6 +278,25 @@ pub fn recompute(snapshot: &Snapshot, lateness_ms: i64) -> PolarsResult<Recomput
     };
     phases.push(("sensor views", t0.elapsed()));
 
+    let t0 = Instant::now();
+    let labels = scan(
+        snapshot.files(Kind::FraudLabel),
+        &["txn_id", "card_id", "fraud", "ts"],
+    )?
+    .map(|lf| {
+        // the latest verdict on a transaction wins
+        lf.sort(
+            ["ts"],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )
+        .unique_stable(Some(cols(["txn_id"])), UniqueKeepStrategy::Last)
+        .select([col("txn_id"), col("card_id"), col("fraud")])
+        .collect()
+    })
+    .transpose()?
+    .unwrap_or_default();
+    phases.push(("labels", t0.elapsed()));
+
     // --- payments
     let t0 = Instant::now();
     let payments = scan(
@@ -384,9 +403,24 @@ pub fn recompute(snapshot: &Snapshot, lateness_ms: i64) -> PolarsResult<Recomput
                 .filter(col("end_ms").lt_eq(lit(cut)))
                 .select(sel)
                 .collect()?;
-            let home = df
+            // the habits of a card are those of its legitimate payments: a fraudster's country
+            // or amounts must not become the card's usual ones
+            let legit = if labels.height() > 0 {
+                df.clone()
+                    .lazy()
+                    .join(
+                        labels.clone().lazy().select([col("txn_id"), col("fraud")]),
+                        [col("txn_id")],
+                        [col("txn_id")],
+                        JoinArgs::new(JoinType::Left),
+                    )
+                    .filter(col("fraud").fill_null(lit(false)).not())
+                    .drop(cols(["fraud"]))
+            } else {
+                df.clone().lazy()
+            };
+            let home = legit
                 .clone()
-                .lazy()
                 .group_by([col("card_id"), col("country")])
                 .agg([len().alias("n")])
                 .sort(
@@ -396,9 +430,8 @@ pub fn recompute(snapshot: &Snapshot, lateness_ms: i64) -> PolarsResult<Recomput
                 )
                 .group_by([col("card_id")])
                 .agg([col("country").first().alias("home_country")]);
-            let mccs = df
+            let mccs = legit
                 .clone()
-                .lazy()
                 .group_by([col("card_id"), col("mcc")])
                 .agg([len().alias("n")])
                 .sort(
@@ -408,9 +441,7 @@ pub fn recompute(snapshot: &Snapshot, lateness_ms: i64) -> PolarsResult<Recomput
                 )
                 .group_by_stable([col("card_id")])
                 .agg([col("mcc").head(Some(5)).alias("mccs")]);
-            let profiles = df
-                .clone()
-                .lazy()
+            let profiles = legit
                 .with_column((col("ts").floor_div(lit(HOUR_MS)) % lit(24i64)).alias("hour"))
                 .group_by([col("card_id")])
                 .agg([
@@ -453,24 +484,6 @@ pub fn recompute(snapshot: &Snapshot, lateness_ms: i64) -> PolarsResult<Recomput
     };
     phases.push(("card views", t0.elapsed()));
 
-    let t0 = Instant::now();
-    let labels = scan(
-        snapshot.files(Kind::FraudLabel),
-        &["txn_id", "card_id", "fraud", "ts"],
-    )?
-    .map(|lf| {
-        // the latest verdict on a transaction wins
-        lf.sort(
-            ["ts"],
-            SortMultipleOptions::default().with_maintain_order(true),
-        )
-        .unique_stable(Some(cols(["txn_id"])), UniqueKeepStrategy::Last)
-        .select([col("txn_id"), col("card_id"), col("fraud")])
-        .collect()
-    })
-    .transpose()?
-    .unwrap_or_default();
-    phases.push(("labels", t0.elapsed()));
 
     Ok(Recomputed {
         sensor_windows,

@@ -108,7 +108,35 @@ pub fn mcc_risk(mcc: u16) -> f64 {
 /// The features of `p`, given the card's other payments (any order; those after `p` in event
 /// time are ignored) and its profile.
 pub fn features(p: &Payment, history: &[Seen], profile: Option<&CardProfile>) -> Features {
-    let ts = p.ts.millis();
+    features_of(
+        &PaymentFacts {
+            ts_ms: p.ts.millis(),
+            lat: p.lat,
+            lon: p.lon,
+            amount_cents: p.amount.cents(),
+            country: p.country.as_str(),
+            mcc: p.mcc.code(),
+        },
+        history,
+        profile,
+    )
+}
+
+/// What [`features`] reads of a payment, for callers that hold columns rather than decoded
+/// [`Payment`]s (the batch layer's Polars frames).
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentFacts<'a> {
+    pub ts_ms: i64,
+    pub lat: f64,
+    pub lon: f64,
+    pub amount_cents: i64,
+    pub country: &'a str,
+    pub mcc: u16,
+}
+
+/// [`features`] over the facts of a payment.
+pub fn features_of(p: &PaymentFacts<'_>, history: &[Seen], profile: Option<&CardProfile>) -> Features {
+    let ts = p.ts_ms;
     let earlier = history.iter().filter(|s| s.ts_ms <= ts);
     let recent_count = 1 + earlier.clone().filter(|s| s.ts_ms > ts - RECENT_MS).count() as u32;
     let previous = earlier.max_by_key(|s| s.ts_ms);
@@ -118,7 +146,7 @@ pub fn features(p: &Payment, history: &[Seen], profile: Option<&CardProfile>) ->
         let hours = ((ts - prev.ts_ms).max(60_000)) as f64 / 3_600_000.0;
         km / hours
     });
-    let amount = p.amount.cents() as f64;
+    let amount = p.amount_cents as f64;
     let (amount_z, new_country) = match profile {
         Some(pr) => {
             let z = if pr.amount_std_cents > 0.0 {
@@ -126,10 +154,9 @@ pub fn features(p: &Payment, history: &[Seen], profile: Option<&CardProfile>) ->
             } else {
                 0.0
             };
-            let country = p.country.as_str();
             (
                 z,
-                country != pr.home_country && !pr.countries.iter().any(|c| c == country),
+                p.country != pr.home_country && !pr.countries.iter().any(|c| c == p.country),
             )
         }
         None => (0.0, false),
@@ -139,7 +166,7 @@ pub fn features(p: &Payment, history: &[Seen], profile: Option<&CardProfile>) ->
         recent_count,
         travel_kmh,
         new_country,
-        mcc_risk: mcc_risk(p.mcc.code()),
+        mcc_risk: mcc_risk(p.mcc),
     }
 }
 
