@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 
 use lambdalake_batch::archiver::append;
 use lambdalake_batch::dataset::{Dataset, Kind};
+use lambdalake_events::EventTime;
 use lambdalake_kafka::{KafkaArgs, Producer, ProducerArgs};
+use lambdalake_views::fraud::{CardProfile, Model};
+use lambdalake_views::keys::Keys;
+use lambdalake_views::table::Keyed;
+use lambdalake_views::{CardAgg, SensorAgg, Stat, Window};
 use polars::prelude::*;
 use rand::Rng;
 
 use crate::support::unique;
 
-fn batch_binary() -> PathBuf {
+pub(crate) fn batch_binary() -> PathBuf {
     crate::support::workspace_binary("lambdalake-batch")
 }
 
@@ -25,7 +30,7 @@ fn postgres_url() -> String {
 }
 
 /// A fresh database for one test; its URL.
-async fn fresh_database() -> String {
+pub(crate) async fn fresh_database() -> String {
     let admin = lambdalake_batch::connect(&postgres_url())
         .await
         .expect("postgres (is the local stack up?)");
@@ -255,8 +260,15 @@ fn readings(from: i64, n: i64, t0: i64, devices: i64) -> Vec<(i64, Option<i64>, 
         .collect()
 }
 
-fn config_for(dataset: &Path, url: &str) -> lambdalake_batch::Config {
-    <lambdalake_batch::Config as clap::Parser>::try_parse_from([
+/// A `run-once` configuration on `dataset` and the database at `url`, writing the speed layer's
+/// reference data under `key_prefix`.
+pub(crate) fn config_for(
+    dataset: &Path,
+    url: &str,
+    key_prefix: &str,
+    extra: &[&str],
+) -> lambdalake_batch::Config {
+    let mut args = vec![
         "lambdalake-batch",
         "--dataset",
         dataset.to_str().unwrap(),
@@ -264,9 +276,89 @@ fn config_for(dataset: &Path, url: &str) -> lambdalake_batch::Config {
         url,
         "--keep-versions",
         "2",
-        "run-once",
-    ])
-    .expect("valid arguments")
+        "--key-prefix",
+        key_prefix,
+    ];
+    args.extend(extra);
+    args.push("run-once");
+    <lambdalake_batch::Config as clap::Parser>::try_parse_from(args).expect("valid arguments")
+}
+
+fn window(start: i64, end: i64) -> Window {
+    Window {
+        start: EventTime::from_millis_unchecked(start),
+        end: EventTime::from_millis_unchecked(end),
+    }
+}
+
+/// A sensor view (`1m` or `5m1m`) of batch version `version`, as `lambdalake_views` keys it.
+pub(crate) async fn batch_sensor_view(
+    client: &tokio_postgres::Client,
+    version: i64,
+    view: &str,
+) -> Keyed<SensorAgg> {
+    client
+        .query(
+            "select device_id, start_ms, end_ms, count, temperature_min, temperature_max,
+                    temperature_sum_micro, vibration_min, vibration_max, vibration_sum_micro
+             from sensor_windows where version = $1 and view = $2",
+            &[&version, &view],
+        )
+        .await
+        .expect("sensor_windows")
+        .iter()
+        .map(|r| {
+            (
+                (r.get::<_, String>(0), window(r.get(1), r.get(2))),
+                SensorAgg {
+                    count: r.get::<_, i64>(3) as u64,
+                    temperature_c: Stat {
+                        min: r.get(4),
+                        max: r.get(5),
+                        sum_micro: i128::from(r.get::<_, i64>(6)),
+                    },
+                    vibration_mm_s: Stat {
+                        min: r.get(7),
+                        max: r.get(8),
+                        sum_micro: i128::from(r.get::<_, i64>(9)),
+                    },
+                },
+            )
+        })
+        .collect()
+}
+
+/// A card view (`card_windows` or `card_sessions`) of batch version `version`.
+pub(crate) async fn batch_card_view(
+    client: &tokio_postgres::Client,
+    table: &str,
+    version: i64,
+) -> Keyed<CardAgg> {
+    client
+        .query(
+            &format!(
+                "select card_id, start_ms, end_ms, count, amount_sum_cents, amount_max_cents,
+                        merchants, countries
+                 from {table} where version = $1"
+            ),
+            &[&version],
+        )
+        .await
+        .expect("card view")
+        .iter()
+        .map(|r| {
+            (
+                (r.get::<_, String>(0), window(r.get(1), r.get(2))),
+                CardAgg {
+                    count: r.get::<_, i64>(3) as u64,
+                    amount_sum_cents: r.get(4),
+                    amount_max_cents: r.get(5),
+                    merchants: r.get::<_, Vec<String>>(6).into_iter().collect(),
+                    countries: r.get::<_, Vec<String>>(7).into_iter().collect(),
+                },
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -283,7 +375,7 @@ async fn a_new_version_is_published_atomically_while_readers_query_the_last_one(
         readings(0, 20_000, t0, 50),
     )
     .unwrap();
-    let config = config_for(&dir, &url);
+    let config = config_for(&dir, &url, &unique("it-batch"), &[]);
     let first = lambdalake_batch::run_once(&config)
         .await
         .expect("first run");
@@ -396,5 +488,92 @@ async fn a_new_version_is_published_atomically_while_readers_query_the_last_one(
         .await
         .unwrap();
     assert!(gone.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_trains_the_fraud_model_and_hands_it_with_the_profiles_to_the_speed_layer() {
+    let url = fresh_database().await;
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let dataset = Dataset::open(&dir).unwrap();
+    let (payments, labels) = lambdalake_batch::testing::fraud_history(5, 120, 40);
+    let offsets = |records: Vec<Vec<u8>>| -> Vec<(i64, Option<i64>, Vec<u8>)> {
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i as i64, None, r))
+            .collect()
+    };
+    append(&dataset, "p", 0, Kind::Payment, offsets(payments)).unwrap();
+    append(&dataset, "l", 0, Kind::FraudLabel, offsets(labels)).unwrap();
+    let prefix = unique("it-batch");
+    let config = config_for(&dir, &url, &prefix, &["--model-min-frauds", "10"]);
+    let run = lambdalake_batch::run_once(&config).await.expect("run");
+    let m = run.model.clone().expect("a model is trained");
+    assert_eq!(m.model.version, "batch-v1");
+    assert!(m.auc.expect("AUC") > 0.95, "{m:?}");
+    assert!(m.recall.expect("recall") > 0.5, "{m:?}");
+    let line = run.to_string();
+    assert!(line.contains("model batch-v1 (trained on"), "{line}");
+
+    // Postgres: the model and its quality, in the version
+    let client = lambdalake_batch::connect(&url).await.unwrap();
+    let row = client
+        .query_one(
+            "select model, trained_on, held_out, precision, recall, auc from fraud_models where version = 1",
+            &[],
+        )
+        .await
+        .expect("a fraud_models row");
+    let stored: Model = serde_json::from_value(row.get(0)).unwrap();
+    assert_eq!(stored, m.model);
+    assert_eq!(row.get::<_, i64>(1) as u64, m.trained_on);
+    assert_eq!(row.get::<_, i64>(2) as u64, m.held_out);
+    assert_eq!(row.get::<_, Option<f64>>(5), m.auc);
+
+    // Redis: what the speed layer reads
+    let keys = Keys::new(prefix.clone());
+    let redis_url = std::env::var("LAMBDALAKE_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned());
+    let mut con = redis::Client::open(redis_url)
+        .unwrap()
+        .get_connection()
+        .expect("redis (is the local stack up?)");
+    let model: String = redis::cmd("GET").arg(keys.model()).query(&mut con).unwrap();
+    assert_eq!(serde_json::from_str::<Model>(&model).unwrap(), m.model);
+    let version: String = redis::cmd("GET")
+        .arg(keys.reference_version())
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(version, "1");
+    let written = run.reference.clone().expect("written to Redis");
+    assert_eq!(written.profiles, 120);
+    let profiles = client
+        .query(
+            "select card_id, amount_mean_cents, amount_std_cents, home_country, countries
+             from card_profiles where version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(profiles.len(), 120);
+    for r in &profiles {
+        let card: String = r.get(0);
+        let raw: String = redis::cmd("GET")
+            .arg(keys.card_profile(&card))
+            .query(&mut con)
+            .unwrap();
+        let p: CardProfile = serde_json::from_str(&raw).unwrap();
+        assert_eq!(
+            p,
+            CardProfile {
+                amount_mean_cents: r.get(1),
+                amount_std_cents: r.get(2),
+                home_country: r.get(3),
+                countries: r.get(4),
+            },
+            "card {card}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -808,3 +808,103 @@ async fn metrics_name_every_series_and_count_what_was_applied() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// The Lambda invariant: on the windows the batch layer closed, its views (recomputed from the
+/// master dataset the archiver wrote from the same topics) equal the speed layer's, when no
+/// event was late for the speed layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn lambda_invariant_batch_views_equal_speed_views_on_closed_windows() {
+    let mut s = Setup::new();
+    // 2 s of jitter against 30 s of allowed lateness: nothing is late
+    let (sensors, payments) = stream_spaced(8_000, 25, 0.05, 150);
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let labels = unique("it-labels");
+    let log = std::env::temp_dir().join(format!("{}-archiver.log", s.prefix));
+    let file = std::fs::File::create(&log).expect("log file");
+    let archiver = Command::new(crate::batch::batch_binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--dataset",
+            dir.to_str().unwrap(),
+            "--group",
+            &unique("it-archiver"),
+            "--topic-sensor-readings",
+            &s.sensor,
+            "--topic-payments",
+            &s.payment,
+            "--topic-fraud-labels",
+            &labels,
+            "--flush-interval",
+            "200ms",
+            "archive",
+        ])
+        .env("LAMBDALAKE_LOG", "info")
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start lambdalake-batch");
+    let _guard = Kill(vec![s.spawn(&[]), archiver]);
+    send_stream(&mut s, &sensors, &payments, 400, Duration::from_millis(20)).await;
+    s.wait_applied(Duration::from_secs(90));
+    // the archiver caught up when every partition's manifest reached what was produced
+    let dataset = lambdalake_batch::dataset::Dataset::open(&dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: Vec<String> = s
+            .ends
+            .iter()
+            .filter(|((topic, p), end)| {
+                dataset
+                    .manifest(topic, *p)
+                    .expect("manifest")
+                    .is_none_or(|m| m.next_offset < **end)
+            })
+            .map(|((topic, p), end)| format!("{topic}/{p} < {end}"))
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archiver did not catch up: {behind:?}; log {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = crate::batch::fresh_database().await;
+    let run = lambdalake_batch::run_once(&crate::batch::config_for(&dir, &url, &s.prefix, &[]))
+        .await
+        .expect("batch run");
+    let cutoff = run.cutoff_ms.expect("a cutoff");
+    let client = lambdalake_batch::connect(&url).await.unwrap();
+    let closed = |m: Keyed<SensorAgg>| -> Keyed<SensorAgg> {
+        m.into_iter()
+            .filter(|((_, w), _)| w.end.millis() <= cutoff)
+            .collect()
+    };
+    let mut compared = 0;
+    for view in SensorView::ALL {
+        let batch = crate::batch::batch_sensor_view(&client, run.version, view.name()).await;
+        let speed = closed(s.sensor_view(view));
+        assert_maps_eq(&batch, &speed, &format!("sensor view {}", view.name()));
+        compared += batch.len();
+    }
+    let batch = crate::batch::batch_card_view(&client, "card_windows", run.version).await;
+    let speed: Keyed<CardAgg> = s
+        .card_view(CardView::OneMinute)
+        .into_iter()
+        .filter(|((_, w), _)| w.end.millis() <= cutoff)
+        .collect();
+    assert_maps_eq(&batch, &speed, "card 1-minute view");
+    compared += batch.len();
+    // most of the stream is before the cutoff: the comparison is not vacuous
+    assert!(compared > 1_000, "{compared} windows compared");
+    let counted: u64 = crate::batch::batch_sensor_view(&client, run.version, "1m")
+        .await
+        .values()
+        .map(|a| a.count)
+        .sum();
+    assert!(counted > 3_000, "{counted}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -103,7 +103,11 @@ pub struct Config {
 
     /// Most payments the model is trained and tested on; legitimate payments are sampled
     /// beyond it (every fraud is kept).
-    #[arg(long, env = "LAMBDALAKE_BATCH_MODEL_MAX_ROWS", default_value = "500000")]
+    #[arg(
+        long,
+        env = "LAMBDALAKE_BATCH_MODEL_MAX_ROWS",
+        default_value = "500000"
+    )]
     pub model_max_rows: NonZeroUsize,
 
     /// Redis the speed layer reads; each run writes the card profiles, device baselines and

@@ -11,6 +11,7 @@ pub mod model;
 pub mod publish;
 pub mod recompute;
 pub mod reference;
+pub mod testing;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -209,7 +210,11 @@ pub async fn run_once(config: &Config) -> Result<RunSummary, RunError> {
     let model = match trained {
         Some(mut m) => {
             m.model.version = publish::model_name(published.version);
-            for (measure, v) in [("precision", m.precision), ("recall", m.recall), ("auc", m.auc)] {
+            for (measure, v) in [
+                ("precision", m.precision),
+                ("recall", m.recall),
+                ("auc", m.auc),
+            ] {
                 metrics::MODEL_QUALITY
                     .with_label_values(&[measure])
                     .set(v.unwrap_or(f64::NAN));

@@ -267,7 +267,10 @@ fn fit(rows: &[Row], rate: f64, min_frauds: usize) -> PolarsResult<Training> {
     }
     let x = Array2::from_shape_vec(
         (train.len(), 5),
-        train.iter().flat_map(|r| r.f.vector()).collect::<Vec<f64>>(),
+        train
+            .iter()
+            .flat_map(|r| r.f.vector())
+            .collect::<Vec<f64>>(),
     )
     .map_err(|e| polars_err!(ComputeError: "training matrix: {e}"))?;
     let y: Array1<bool> = train.iter().map(|r| r.fraud).collect();

@@ -484,7 +484,6 @@ pub fn recompute(snapshot: &Snapshot, lateness_ms: i64) -> PolarsResult<Recomput
     };
     phases.push(("card views", t0.elapsed()));
 
-
     Ok(Recomputed {
         sensor_windows,
         card_windows,

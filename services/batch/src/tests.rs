@@ -250,65 +250,10 @@ fn the_recompute_equals_the_one_shot_views_on_the_same_events() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Payments of `cards` cards with habits (home country, everyday categories, amounts around a
-/// card's mean), a few of them frauds (a new country, a risky category, a large amount, or a
-/// burst of card testing), event times distinct per card; and a label for every fraud plus a
-/// few "not fraud" verdicts (one reversed fraud among them).
-fn fraud_history(seed: u64, cards: usize, per_card: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let t0 = 1_764_025_200_000i64;
-    let homes = [("FR", 48.85, 2.35), ("DE", 52.52, 13.40), ("ES", 40.42, -3.70)];
-    let (mut payments, mut labels) = (Vec::new(), Vec::new());
-    let mut n = 0;
-    for c in 0..cards {
-        let (home, lat, lon) = homes[c % homes.len()];
-        let mean = rng.random_range(2_000..20_000);
-        let mut ts = t0 + rng.random_range(0..3_600_000);
-        for _ in 0..per_card {
-            ts += rng.random_range(20 * 60_000..8 * 3_600_000);
-            let fraud = rng.random_range(0..100) < 4;
-            let (country, plat, plon, mcc, cents, burst) = if fraud {
-                match rng.random_range(0..3) {
-                    0 => ("BR", -23.55, -46.63, 6051, mean * 12, 1),
-                    1 => (home, lat, lon, 7995, mean * 8, 1),
-                    _ => (home, lat, lon, 5816, 100, 6),
-                }
-            } else {
-                let mcc = [5411, 5812, 5541, 4111][rng.random_range(0..4)];
-                let cents = (mean + rng.random_range(-mean / 3..mean / 3)).max(50);
-                (home, lat, lon, mcc, cents, 1)
-            };
-            for b in 0..burst {
-                let at = ts + b * 20_000;
-                n += 1;
-                payments.push(format!(
-                    r#"{{"event_id":"p{n}","txn_id":"t{n}","card_id":"c{c}","merchant_id":"m{}","mcc":"{mcc}","amount":{}.{:02},"currency":"EUR","country":"{country}","lat":{plat},"lon":{plon},"ts":{at}}}"#,
-                    rng.random_range(0..50), cents / 100, cents % 100
-                ).into_bytes());
-                let verdict = if fraud {
-                    Some(true)
-                } else if rng.random_range(0..50) == 0 {
-                    Some(false)
-                } else {
-                    None
-                };
-                if let Some(v) = verdict {
-                    labels.push(format!(
-                        r#"{{"event_id":"l{n}","txn_id":"t{n}","card_id":"c{c}","fraud":{v},"ts":{}}}"#,
-                        at + 86_400_000
-                    ).into_bytes());
-                }
-            }
-            ts += burst * 20_000;
-        }
-    }
-    (payments, labels)
-}
-
 fn recomputed_history(seed: u64, cards: usize, per_card: usize) -> (Recomputed, Vec<Payment>) {
     let dir = std::env::temp_dir().join(format!("ll-batch-model-{}", rand::random::<u64>()));
     let dataset = Dataset::open(&dir).unwrap();
-    let (payments, labels) = fraud_history(seed, cards, per_card);
+    let (payments, labels) = crate::testing::fraud_history(seed, cards, per_card);
     archive(&dataset, "payments", Kind::Payment, &payments, 900);
     archive(&dataset, "fraud-labels", Kind::FraudLabel, &labels, 300);
     let r = recompute::recompute(&dataset.snapshot().unwrap(), 30_000).unwrap();
@@ -322,7 +267,11 @@ fn the_training_features_are_the_shared_features_over_the_whole_card_history() {
     let profiles = crate::model::card_profiles(&r.card_profiles).unwrap();
     assert_eq!(profiles.len(), 40);
     // a fraud abroad did not make its country a usual one
-    assert!(profiles.values().all(|p| !p.countries.iter().any(|c| c == "BR")));
+    assert!(
+        profiles
+            .values()
+            .all(|p| !p.countries.iter().any(|c| c == "BR"))
+    );
     let features = crate::model::features(&r.payments, &profiles, |_| true).unwrap();
     assert_eq!(features.len(), pays.len());
     let txns = r.payments.column("txn_id").unwrap().str().unwrap().clone();
@@ -384,7 +333,10 @@ fn the_fraud_model_learns_the_labelled_frauds_and_is_measured_on_held_out_paymen
     assert!(m.recall.unwrap() > 0.6, "{m:?}");
     assert!(m.precision.unwrap() > 0.5, "{m:?}");
     // a new country and a risky category push toward fraud
-    assert!(m.model.weights[3] > 0.0 && m.model.weights[4] > 0.0, "{m:?}");
+    assert!(
+        m.model.weights[3] > 0.0 && m.model.weights[4] > 0.0,
+        "{m:?}"
+    );
     // the intercept is corrected for the sampling: a typical legitimate payment scores low
     let typical = lambdalake_views::fraud::Features {
         amount_z: 0.0,
@@ -412,7 +364,13 @@ fn quality_measures_on_hand_made_scores() {
     use crate::model::quality;
     // perfect ranking, one false positive at 0.6
     let q = quality(
-        &[(0.9, true), (0.8, true), (0.6, false), (0.4, true), (0.1, false)],
+        &[
+            (0.9, true),
+            (0.8, true),
+            (0.6, false),
+            (0.4, true),
+            (0.1, false),
+        ],
         1.0,
     );
     assert_eq!(q.precision, Some(2.0 / 3.0));

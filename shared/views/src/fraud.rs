@@ -135,7 +135,11 @@ pub struct PaymentFacts<'a> {
 }
 
 /// [`features`] over the facts of a payment.
-pub fn features_of(p: &PaymentFacts<'_>, history: &[Seen], profile: Option<&CardProfile>) -> Features {
+pub fn features_of(
+    p: &PaymentFacts<'_>,
+    history: &[Seen],
+    profile: Option<&CardProfile>,
+) -> Features {
     let ts = p.ts_ms;
     let earlier = history.iter().filter(|s| s.ts_ms <= ts);
     let recent_count = 1 + earlier.clone().filter(|s| s.ts_ms > ts - RECENT_MS).count() as u32;
