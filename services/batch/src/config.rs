@@ -106,7 +106,7 @@ pub struct Config {
     #[arg(
         long,
         env = "LAMBDALAKE_BATCH_MODEL_MAX_ROWS",
-        default_value = "500000"
+        default_value = "200000"
     )]
     pub model_max_rows: NonZeroUsize,
 
@@ -143,7 +143,7 @@ pub struct Config {
 }
 
 /// What the process does (default: `run`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Archive continuously and recompute every interval (the service).
     Run,
@@ -153,6 +153,9 @@ pub enum Command {
     Schedule,
     /// Recompute and publish once, print the summary, exit.
     RunOnce,
+    /// Benchmark: archive N generated events into a fresh dataset, recompute and publish them
+    /// into a fresh database on the configured server, print the figures by phase.
+    Bench(crate::bench::BenchArgs),
 }
 
 impl Config {
@@ -200,6 +203,6 @@ impl Config {
     }
 
     pub fn command(&self) -> Command {
-        self.command.unwrap_or(Command::Run)
+        self.command.clone().unwrap_or(Command::Run)
     }
 }

@@ -4,6 +4,7 @@
 //! `docs/batch-layer.md` documents the design.
 
 pub mod archiver;
+pub mod bench;
 mod config;
 pub mod dataset;
 pub mod metrics;
@@ -55,7 +56,7 @@ pub enum RunError {
     Dataset(#[from] dataset::DatasetError),
     #[error("recompute: {0}")]
     Recompute(#[from] polars::error::PolarsError),
-    #[error("cannot connect to Postgres: {0}")]
+    #[error("cannot connect to Postgres: {}", publish::pg_message(.0))]
     Connect(#[source] tokio_postgres::Error),
     #[error("publish: {0}")]
     Publish(#[from] publish::PublishError),

@@ -18,6 +18,19 @@ async fn main() -> ExitCode {
         eprintln!("lambdalake-batch: {e}");
         return ExitCode::from(2);
     }
+    if let Command::Bench(args) = config.command() {
+        lambdalake_batch::metrics::register();
+        return match lambdalake_batch::bench::bench(&config, &args).await {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lambdalake-batch: bench failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if config.command() == Command::RunOnce {
         if let Err(problems) = config.check() {
             eprintln!(

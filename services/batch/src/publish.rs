@@ -37,17 +37,25 @@ pub const TABLES: [(&str, &str); 5] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("reading the computed views: {0}")]
     Frame(#[from] PolarsError),
-    #[error("migration {version} ({name}): {source}")]
+    #[error("migration {version} ({name}): {}", pg_message(.source))]
     Migration {
         version: i32,
         name: &'static str,
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// The server's message when there is one (`tokio_postgres::Error` displays "db error" alone).
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.severity(), d.message()),
+        None => e.to_string(),
+    }
 }
 
 /// Apply the migrations not applied yet.
