@@ -452,13 +452,38 @@ impl Archiver {
 
     fn compact_all(&mut self) -> Result<(), ArchiveError> {
         for ((topic, p), part) in &mut self.parts {
-            let compacted = compact(
+            let compacted = match compact(
                 &self.dataset,
                 &mut part.manifest,
                 self.settings.compact_min_files,
                 self.settings.compact_small_rows,
                 self.settings.retire_after,
-            )?;
+            ) {
+                Ok(n) => n,
+                Err(DatasetError::Fenced { .. }) => {
+                    // another writer owns the partition now: follow its manifest
+                    let stored = self
+                        .dataset
+                        .manifest(topic, *p)?
+                        .unwrap_or_else(|| Manifest::new(topic, *p));
+                    tracing::warn!(
+                        topic,
+                        partition = p,
+                        "compaction fenced by another archiver"
+                    );
+                    part.expect = stored.next_offset;
+                    part.manifest = stored;
+                    part.buffer.clear();
+                    let _ = self.consumer.seek(
+                        topic,
+                        *p,
+                        Offset::Offset(part.expect),
+                        Duration::from_secs(5),
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if compacted > 0 {
                 tracing::info!(
                     topic,
@@ -579,7 +604,18 @@ fn flush(dataset: &Dataset, part: &mut Part, records: Vec<Rec>) -> Result<Flushe
         files += 1;
     }
     next.next_offset = last + 1;
-    dataset.put_manifest(&next)?;
+    match dataset.put_manifest(&next) {
+        Ok(()) => {}
+        // an object store's conditional put saw another writer's commit: its files win, ours
+        // are orphans (removed at the next assignment)
+        Err(DatasetError::Fenced { .. }) => {
+            let stored = dataset.manifest(&next.topic, next.partition)?;
+            return Ok(Flushed::Fenced(
+                stored.unwrap_or_else(|| Manifest::new(&next.topic, next.partition)),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
     part.manifest = next;
     Ok(Flushed::Committed(files))
 }
@@ -733,7 +769,9 @@ pub fn compact(
         dataset.put_manifest(&next)?;
         *manifest = next;
         for (path, _) in gone {
-            let _ = std::fs::remove_file(dataset.path(&path));
+            if let Err(e) = dataset.remove(&path) {
+                tracing::warn!(path, error = %e, "cannot delete a retired file");
+            }
         }
     }
     let mut groups: BTreeMap<(Kind, String), Vec<usize>> = BTreeMap::new();
@@ -754,18 +792,13 @@ pub fn compact(
         let mut df: Option<DataFrame> = None;
         for f in &entries {
             let path = dataset.path(&f.path);
-            let file = std::fs::File::open(&path).map_err(|source| DatasetError::Io {
-                what: "open",
-                path: path.clone(),
-                source,
-            })?;
-            let part =
-                ParquetReader::new(file)
-                    .finish()
-                    .map_err(|source| DatasetError::Parquet {
-                        path: path.clone(),
-                        source,
-                    })?;
+            let bytes = dataset.read(&f.path)?;
+            let part = ParquetReader::new(std::io::Cursor::new(bytes))
+                .finish()
+                .map_err(|source| DatasetError::Parquet {
+                    path: path.clone(),
+                    source,
+                })?;
             df = Some(match df {
                 None => part,
                 Some(mut acc) => {

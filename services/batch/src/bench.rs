@@ -115,11 +115,14 @@ impl std::fmt::Display for BenchReport {
 /// Event time of the first event: 2026-01-05T00:00:00Z.
 const T0: i64 = 1_767_571_200_000;
 
+/// A record as `archiver::append` takes it: offset, Kafka timestamp, payload.
+type Record = (i64, Option<i64>, Vec<u8>);
+
 /// One generated round: records per (kind, partition).
 struct Round {
-    sensors: Vec<Vec<(i64, Option<i64>, Vec<u8>)>>,
-    payments: Vec<Vec<(i64, Option<i64>, Vec<u8>)>>,
-    labels: Vec<Vec<(i64, Option<i64>, Vec<u8>)>>,
+    sensors: Vec<Vec<Record>>,
+    payments: Vec<Vec<Record>>,
+    labels: Vec<Vec<Record>>,
 }
 
 struct Generator {
@@ -152,14 +155,7 @@ impl Generator {
         }
     }
 
-    fn push(
-        &mut self,
-        to: &mut [Vec<(i64, Option<i64>, Vec<u8>)>],
-        which: usize,
-        key: u32,
-        ts: i64,
-        json: String,
-    ) {
+    fn push(&mut self, to: &mut [Vec<Record>], which: usize, key: u32, ts: i64, json: String) {
         let p = (key % u32::from(self.args.partitions)) as usize;
         let off = &mut self.offsets[which][p];
         to[p].push((*off, Some(ts), json.into_bytes()));
@@ -199,7 +195,13 @@ impl Generator {
                 let (home, lat, lon) = HOMES[(c as usize) % HOMES.len()];
                 let fraud = self.rng.random_range(0..1000) < 5;
                 let (country, lat, lon, mcc, cents) = if fraud {
-                    ("BR", -23.55, -46.63, 6051, self.rng.random_range(50_000..500_000))
+                    (
+                        "BR",
+                        -23.55,
+                        -46.63,
+                        6051,
+                        self.rng.random_range(50_000..500_000),
+                    )
                 } else {
                     let mcc = [5411, 5812, 5541, 4111, 5732][self.rng.random_range(0..5)];
                     let mean = 1_000 + i64::from(c % 97) * 100;
@@ -338,7 +340,10 @@ pub async fn bench(config: &Config, args: &BenchArgs) -> Result<BenchReport, Ben
         format!("drop database if exists {name}"),
         format!("create database {name}"),
     ] {
-        admin.batch_execute(&sql).await.map_err(BenchError::Database)?;
+        admin
+            .batch_execute(&sql)
+            .await
+            .map_err(BenchError::Database)?;
     }
     let mut run_config = config.clone();
     run_config.dataset = dir.clone();
@@ -347,9 +352,15 @@ pub async fn bench(config: &Config, args: &BenchArgs) -> Result<BenchReport, Ben
     tracing::info!("bench: recompute and publish");
     let run = crate::run_once(&run_config).await;
     let plain = (|| -> PolarsResult<(Duration, Duration)> {
-        let snapshot = dataset.snapshot().map_err(|e| polars_err!(ComputeError: "{e}"))?;
+        let snapshot = dataset
+            .snapshot()
+            .map_err(|e| polars_err!(ComputeError: "{e}"))?;
         Ok((
-            plain_group_by(snapshot.files(Kind::SensorReading), "device_id", "temperature_c")?,
+            plain_group_by(
+                snapshot.files(Kind::SensorReading),
+                "device_id",
+                "temperature_c",
+            )?,
             plain_group_by(snapshot.files(Kind::Payment), "card_id", "amount_cents")?,
         ))
     })();
