@@ -683,3 +683,80 @@ async fn a_run_trains_the_fraud_model_and_hands_it_with_the_profiles_to_the_spee
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The scheduled mode recomputes on its interval without an archiver, and `/metrics` names every
+/// series of the batch layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduled_mode_publishes_on_its_interval_and_metrics_name_every_series() {
+    let url = fresh_database().await;
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let dataset = Dataset::open(&dir).unwrap();
+    append(
+        &dataset,
+        "s",
+        0,
+        Kind::SensorReading,
+        readings(0, 3_000, 1_764_028_800_000, 5),
+    )
+    .unwrap();
+    let prefix = unique("it-batch");
+    let config = <lambdalake_batch::Config as clap::Parser>::try_parse_from([
+        "lambdalake-batch",
+        "--listen",
+        "127.0.0.1:0",
+        "--dataset",
+        dir.to_str().unwrap(),
+        "--postgres-url",
+        &url,
+        "--key-prefix",
+        &prefix,
+        "--interval",
+        "300ms",
+        "schedule",
+    ])
+    .unwrap();
+    let app = lambdalake_batch::Application::build(config)
+        .await
+        .expect("the service starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let token = app.shutdown_token();
+    let running = tokio::spawn(app.run_until_stopped());
+    let client = lambdalake_batch::connect(&url).await.unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let versions = loop {
+        let n: i64 = client
+            .query_one("select count(*) from batch_runs", &[])
+            .await
+            .map_or(0, |r| r.get(0));
+        if n >= 2 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no two scheduled runs in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(versions >= 2);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in lambdalake_batch::metrics::NAMES {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        metrics.contains(r#"lambdalake_batch_runs_total{outcome="published"}"#),
+        "{metrics}"
+    );
+    token.cancel();
+    running
+        .await
+        .unwrap()
+        .expect("the service stops cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
+}
