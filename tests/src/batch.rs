@@ -754,9 +754,6 @@ async fn the_scheduled_mode_publishes_on_its_interval_and_metrics_name_every_ser
         "{metrics}"
     );
     token.cancel();
-    running
-        .await
-        .unwrap()
-        .expect("the service stops cleanly");
+    running.await.unwrap().expect("the service stops cleanly");
     let _ = std::fs::remove_dir_all(&dir);
 }
