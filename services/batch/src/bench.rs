@@ -21,23 +21,23 @@ use crate::{Config, RunSummary};
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct BenchArgs {
     /// Events to generate (sensor readings and payments; fraud labels come on top).
-    #[arg(long, default_value = "10000000")]
+    #[arg(long, default_value = "10000000", value_parser = clap::value_parser!(u64).range(1..))]
     pub events: u64,
     /// Seed of the generator: the same seed writes the same events.
     #[arg(long, default_value = "42")]
     pub seed: u64,
     /// Partitions per topic.
-    #[arg(long, default_value = "4")]
+    #[arg(long, default_value = "4", value_parser = clap::value_parser!(u16).range(1..))]
     pub partitions: u16,
     /// Events generated and appended per round (each round writes one file per partition and
     /// date, as an archiver flush does).
     #[arg(long, default_value = "400000")]
-    pub chunk: usize,
+    pub chunk: std::num::NonZeroUsize,
     /// Devices in the workload (the speed bench's default).
-    #[arg(long, default_value = "1000")]
+    #[arg(long, default_value = "1000", value_parser = clap::value_parser!(u32).range(1..))]
     pub devices: u32,
     /// Cards in the workload (the speed bench's default).
-    #[arg(long, default_value = "100000")]
+    #[arg(long, default_value = "100000", value_parser = clap::value_parser!(u32).range(1..))]
     pub cards: u32,
     /// Event time the events span (evenly, ±5 s), ending on 2026-01-05T00:00Z + span.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2h")]
@@ -172,7 +172,7 @@ impl Generator {
             payments: vec![Vec::new(); p],
             labels: vec![Vec::new(); p],
         };
-        let end = (self.next + self.args.chunk as u64).min(self.args.events);
+        let end = (self.next + self.args.chunk.get() as u64).min(self.args.events);
         while self.next < end {
             let i = self.next;
             self.next += 1;
