@@ -1,0 +1,91 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lambdalake_runtime::TelemetryArgs;
+
+/// lambdalake serving layer: one query API over the batch views (Postgres) and the speed views
+/// (Redis), merged on the batch version's event-time cutoff.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "lambdalake-serving", version)]
+pub struct Config {
+    /// Address of the API and the operations endpoints; port 0 picks a free one.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_SERVING_LISTEN",
+        default_value = "127.0.0.1:8083"
+    )]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL holding the batch views.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_POSTGRES_URL",
+        default_value = "postgres://lambdalake:lambdalake@127.0.0.1:15432/lambdalake",
+        hide_env_values = true
+    )]
+    pub postgres_url: String,
+
+    /// Redis holding the speed views.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_REDIS_URL",
+        default_value = "redis://127.0.0.1:16379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// The speed layer's Redis key prefix.
+    #[arg(long, env = "LAMBDALAKE_SPEED_KEY_PREFIX", default_value = "ll")]
+    pub key_prefix: String,
+
+    /// Longest time range one window query may ask for.
+    #[arg(long, env = "LAMBDALAKE_SERVING_MAX_RANGE", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub max_range: Duration,
+
+    /// Postgres connections (queries on one connection are pipelined).
+    #[arg(long, env = "LAMBDALAKE_SERVING_PG_CONNECTIONS", default_value = "4")]
+    pub pg_connections: std::num::NonZeroUsize,
+
+    /// How long a store may take to answer before it counts as unreachable for this request.
+    #[arg(long, env = "LAMBDALAKE_SERVING_STORE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub store_timeout: Duration,
+
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "LAMBDALAKE_SERVING_WORKERS")]
+    pub workers: Option<std::num::NonZeroUsize>,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Config {
+    /// Rules across fields; every problem is reported.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.postgres_url.parse::<tokio_postgres::Config>() {
+            problems.push(format!(
+                "LAMBDALAKE_POSTGRES_URL is not a PostgreSQL URL: {e}"
+            ));
+        }
+        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+            problems.push(format!("LAMBDALAKE_REDIS_URL is not a Redis URL: {e}"));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            problems.push(format!(
+                "LAMBDALAKE_SPEED_KEY_PREFIX must be non-empty without spaces, got {:?}",
+                self.key_prefix
+            ));
+        }
+        if self.max_range < Duration::from_secs(60) {
+            problems.push("LAMBDALAKE_SERVING_MAX_RANGE must be at least 1m".to_owned());
+        }
+        if self.store_timeout.is_zero() {
+            problems.push("LAMBDALAKE_SERVING_STORE_TIMEOUT must be more than 0".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

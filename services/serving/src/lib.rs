@@ -1,0 +1,339 @@
+//! lambdalake serving layer: the query API. `/v1/lambda/...` merges the batch views (Postgres)
+//! and the speed views (Redis) on the latest batch version's cutoff ([`windows`]);
+//! `docs/serving.md` documents the API.
+
+mod config;
+pub mod stores;
+pub mod windows;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use lambdalake_runtime::{Readiness, Tasks};
+use lambdalake_views::keys::Keys;
+
+pub use config::Config;
+pub use lambdalake_runtime::tasks::CancellationToken;
+
+use crate::stores::{Postgres, Redis};
+use crate::windows::Range;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the handlers share.
+pub struct State {
+    pg: Postgres,
+    redis: Redis,
+    keys: Keys,
+    max_range: Duration,
+    /// (read at, value): the speed layer's freshness, read at most every 500 ms.
+    freshness: Mutex<Option<(Instant, Option<i64>)>>,
+    /// (listed at, keys): the speed layer's partition-state keys, listed at most every 30 s.
+    partitions: Mutex<Option<(Instant, Vec<String>)>>,
+}
+
+impl State {
+    /// Milliseconds since the speed layer last stored a partition's state (`updated_ms` of
+    /// `{p}:speed:part:*`, the newest); `None` when Redis is unreachable or nothing was applied.
+    async fn speed_freshness(&self) -> Option<i64> {
+        if let Some((at, v)) = *self.freshness.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < Duration::from_millis(500)
+        {
+            return v;
+        }
+        let parts = self.partition_keys().await;
+        let value = if parts.is_empty() {
+            None
+        } else {
+            let mut get = redis::pipe();
+            for p in &parts {
+                get.cmd("HGET").arg(p).arg("updated_ms");
+            }
+            self.redis
+                .query::<Vec<Option<i64>>>(&get)
+                .await
+                .ok()
+                .and_then(|v| v.into_iter().flatten().max())
+                .map(|last| (chrono::Utc::now().timestamp_millis() - last).max(0))
+        };
+        *self.freshness.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), value));
+        value
+    }
+}
+
+impl State {
+    /// The keys of `{p}:speed:part:*` (SCAN, never KEYS: Redis keeps serving meanwhile).
+    async fn partition_keys(&self) -> Vec<String> {
+        if let Some((at, keys)) = &*self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return keys.clone();
+        }
+        let pattern = format!("{}:speed:part:*", self.keys.prefix());
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::pipe();
+            scan.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            match self.redis.query::<((u64, Vec<String>),)>(&scan).await {
+                Ok(((next, found),)) => {
+                    keys.extend(found);
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+                Err(_) => return Vec::new(),
+            }
+        }
+        *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), keys.clone()));
+        keys
+    }
+}
+
+/// A 400 with a precise message.
+fn bad_request(message: impl Into<String>) -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({ "error": message.into() }))
+}
+
+/// The id in the path, checked with the event field rules.
+fn check_id(field: &str, id: &str) -> Result<(), String> {
+    lambdalake_events::Ident::parse(field, id)
+        .map(|_| ())
+        .map_err(|e| format!("{field}: {}", e.reason))
+}
+
+/// `from` and `to` (RFC 3339; default: the hour up to now), in order, within the maximum range.
+fn parse_range(query: &HashMap<String, String>, max_range: Duration) -> Result<Range, String> {
+    let unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !matches!(*k, "from" | "to"))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown query parameter(s): {} (expected from, to)",
+            unknown.join(", ")
+        ));
+    }
+    let parse = |name: &str| -> Result<Option<i64>, String> {
+        query
+            .get(name)
+            .map(|v| {
+                lambdalake_events::EventTime::parse_rfc3339(name, v)
+                    .map(|t| t.millis())
+                    .map_err(|e| format!("{name}: {}", e.reason))
+            })
+            .transpose()
+    };
+    let to = parse("to")?.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let from = parse("from")?.unwrap_or(to - 3_600_000);
+    if from >= to {
+        return Err(format!(
+            "from ({}) must be before to ({})",
+            windows::rfc3339(from),
+            windows::rfc3339(to)
+        ));
+    }
+    let max = i64::try_from(max_range.as_millis()).unwrap_or(i64::MAX);
+    if to - from > max {
+        return Err(format!(
+            "the range from {} to {} is longer than the maximum of {} (LAMBDALAKE_SERVING_MAX_RANGE)",
+            windows::rfc3339(from),
+            windows::rfc3339(to),
+            humantime::format_duration(max_range)
+        ));
+    }
+    Ok(Range {
+        from_ms: windows::floor_minute(from),
+        to_ms: to,
+    })
+}
+
+async fn sensor_windows(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let device = path.into_inner();
+    let range =
+        match check_id("device_id", &device).and_then(|()| parse_range(&query, state.max_range)) {
+            Ok(r) => r,
+            Err(m) => return bad_request(m),
+        };
+    let freshness = state.speed_freshness().await;
+    let body = windows::sensor_windows(
+        &state.pg,
+        &state.redis,
+        &state.keys,
+        freshness,
+        &device,
+        &range,
+    )
+    .await;
+    HttpResponse::Ok().json(body)
+}
+
+async fn card_windows(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let card = path.into_inner();
+    let range = match check_id("card_id", &card).and_then(|()| parse_range(&query, state.max_range))
+    {
+        Ok(r) => r,
+        Err(m) => return bad_request(m),
+    };
+    let freshness = state.speed_freshness().await;
+    let body = windows::card_windows(
+        &state.pg,
+        &state.redis,
+        &state.keys,
+        freshness,
+        &card,
+        &range,
+    )
+    .await;
+    HttpResponse::Ok().json(body)
+}
+
+/// The API routes (without the operations endpoints).
+pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(state)
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                actix_web::error::InternalError::from_response(
+                    e.to_string(),
+                    bad_request(format!("query string: {e}")),
+                )
+                .into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                actix_web::error::InternalError::from_response(
+                    e.to_string(),
+                    bad_request(format!("path: {e}")),
+                )
+                .into()
+            }))
+            .route(
+                "/v1/lambda/sensors/{device_id}/windows",
+                web::get().to(sensor_windows),
+            )
+            .route(
+                "/v1/lambda/cards/{card_id}/windows",
+                web::get().to(card_windows),
+            );
+    }
+}
+
+/// A built, not yet running serving service.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    tasks: Tasks,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.check().map_err(StartError::Config)?;
+        let pg = Postgres::new(
+            &config.postgres_url,
+            config.pg_connections.get(),
+            config.store_timeout,
+        )
+        .map_err(|e| StartError::Config(vec![e]))?;
+        let redis = Redis::new(&config.redis_url, config.store_timeout)
+            .map_err(|e| StartError::Config(vec![e]))?;
+        let state = web::Data::new(State {
+            pg,
+            redis,
+            keys: Keys::new(config.key_prefix.clone()),
+            max_range: config.max_range,
+            freshness: Mutex::new(None),
+            partitions: Mutex::new(None),
+        });
+        let readiness = Readiness::default();
+        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?
+            .port();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .configure(lambdalake_runtime::ops::routes(readiness.clone()))
+                .configure(api(state.clone()))
+        })
+        .disable_signals();
+        if let Some(w) = config.workers {
+            server = server.workers(w.get());
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?
+            .run();
+        tracing::info!(listen = %config.listen, port, "serving layer ready");
+        Ok(Application {
+            port,
+            server,
+            tasks: Tasks::new(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.tasks.token()
+    }
+
+    /// Serve until SIGINT/SIGTERM (or the token).
+    pub async fn run_until_stopped(self) -> Result<(), String> {
+        let Application { server, tasks, .. } = self;
+        tasks.cancel_on_signals();
+        let token = tasks.token();
+        let handle = server.handle();
+        tasks.spawn("http", async move {
+            let result = tokio::select! {
+                r = server => r,
+                () = token.cancelled() => Ok(()),
+            };
+            handle.stop(true).await;
+            result.map_err(Into::into)
+        });
+        tasks
+            .wait()
+            .await
+            .map_err(|(task, error)| format!("{task}: {error}"))
+    }
+}

@@ -1,0 +1,401 @@
+//! The Lambda window queries: one device's (or card's) 1-minute windows over a time range, the
+//! windows the latest batch version covers from Postgres and the later ones from Redis.
+//!
+//! **Merge rule.** The latest `batch_runs` row gives the version and its event-time cutoff (a
+//! minute boundary). A 1-minute window ending at or before the cutoff comes from that version in
+//! Postgres (the batch layer publishes exactly those); a window starting at or after the cutoff
+//! comes from Redis. Windows are aligned on minutes, so each is on exactly one side: never
+//! counted twice, never missing. The version and its rows are read in one repeatable-read
+//! transaction, so a version published meanwhile is seen whole or not at all.
+//!
+//! **Degraded.** Postgres unreachable: there is no cutoff, every window comes from Redis and
+//! `degraded` lists `"batch"`. Redis unreachable: the batch windows are served, the later ones are
+//! missing and `degraded` lists `"speed"`. Never a 500 for a store outage.
+
+use lambdalake_views::keys::{Keys, SensorView, StoredCard, StoredSensor};
+use serde::Serialize;
+
+use crate::stores::{Postgres, Redis, StoreError};
+
+pub const MINUTE_MS: i64 = 60_000;
+
+/// A validated window query.
+#[derive(Debug, Clone)]
+pub struct Range {
+    /// First window start (the `from` instant floored to the minute).
+    pub from_ms: i64,
+    /// Windows start before this.
+    pub to_ms: i64,
+}
+
+/// Min, max and mean of a measure over a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measure {
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Measure {
+    fn new(min: f64, max: f64, sum_micro: i64, count: u64) -> Self {
+        Measure {
+            min,
+            max,
+            mean: if count == 0 {
+                0.0
+            } else {
+                sum_micro as f64 / 1_000_000.0 / count as f64
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Batch,
+    Speed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SensorWindow {
+    pub start: String,
+    pub end: String,
+    #[serde(skip)]
+    pub start_ms: i64,
+    pub count: u64,
+    pub temperature_c: Measure,
+    pub vibration_mm_s: Measure,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Amount {
+    /// In the currency's units (cents / 100), exact to the cent.
+    pub sum: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CardWindow {
+    pub start: String,
+    pub end: String,
+    #[serde(skip)]
+    pub start_ms: i64,
+    pub count: u64,
+    pub amount: Amount,
+    pub source: Source,
+}
+
+/// The batch version a response used.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchInfo {
+    /// `null`: no version published yet (or Postgres unreachable).
+    pub version: Option<i64>,
+    /// RFC 3339; windows ending at or before it come from the batch views.
+    pub cutoff: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeedInfo {
+    /// Time since the speed layer last applied a micro-batch; `null` when unknown.
+    pub freshness_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SensorWindows {
+    pub device_id: String,
+    pub windows: Vec<SensorWindow>,
+    pub batch: BatchInfo,
+    pub speed: SpeedInfo,
+    pub degraded: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CardWindows {
+    pub card_id: String,
+    pub windows: Vec<CardWindow>,
+    pub batch: BatchInfo,
+    pub speed: SpeedInfo,
+    pub degraded: Vec<String>,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// The latest version, its cutoff and its rows for one key, in **one statement**: one snapshot, so
+/// a version published meanwhile is seen whole or not at all. `sql` selects the window columns
+/// as `w.…` from `run left join {view} w on w.version = run.version and …` with `$1` the key,
+/// `$2`/`$3` the start range; a version without matching windows gives one row of nulls.
+async fn batch_rows(
+    pg: &Postgres,
+    sql: &str,
+    key: &str,
+    range: &Range,
+) -> Result<Option<(i64, Option<i64>, Vec<tokio_postgres::Row>)>, StoreError> {
+    let key = key.to_owned();
+    let (from, to) = (range.from_ms, range.to_ms);
+    let rows = pg
+        .with(|c| async move { c.query(sql, &[&key, &from, &to]).await })
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let (version, cutoff): (i64, Option<i64>) = (first.get(0), first.get(1));
+    // the windows start at column 2; a row of nulls is a version without windows here
+    let rows = rows
+        .into_iter()
+        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+        .filter(|r| cutoff.is_some_and(|c| r.get::<_, i64>(3) <= c))
+        .collect();
+    Ok(Some((version, cutoff, rows)))
+}
+
+const RUN: &str =
+    "with run as (select version, cutoff_ms from batch_runs order by version desc limit 1)";
+
+/// Window starts from `from` (inclusive) to `to` (exclusive), by minute.
+fn minutes(from: i64, to: i64) -> impl Iterator<Item = i64> {
+    (0..)
+        .map(move |i| from + i * MINUTE_MS)
+        .take_while(move |s| *s < to)
+}
+
+/// `from` floored to the minute.
+pub fn floor_minute(ms: i64) -> i64 {
+    ms.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+fn sensor_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{RUN} select run.version, run.cutoff_ms, w.start_ms, w.end_ms, w.count,
+                    w.temperature_min, w.temperature_max, w.temperature_sum_micro,
+                    w.vibration_min, w.vibration_max, w.vibration_sum_micro
+             from run left join sensor_windows w
+               on w.version = run.version and w.view = '1m' and w.device_id = $1
+                  and w.start_ms >= $2 and w.start_ms < $3
+             order by w.start_ms"
+        )
+    });
+    &SQL
+}
+
+fn card_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{RUN} select run.version, run.cutoff_ms, w.start_ms, w.end_ms, w.count,
+                    w.amount_sum_cents, w.amount_max_cents
+             from run left join card_windows w
+               on w.version = run.version and w.card_id = $1
+                  and w.start_ms >= $2 and w.start_ms < $3
+             order by w.start_ms"
+        )
+    });
+    &SQL
+}
+
+pub async fn sensor_windows(
+    pg: &Postgres,
+    redis: &Redis,
+    keys: &Keys,
+    freshness_ms: Option<i64>,
+    device: &str,
+    range: &Range,
+) -> SensorWindows {
+    let mut degraded = Vec::new();
+    let mut windows = Vec::new();
+    let batch = batch_rows(pg, sensor_sql(), device, range).await;
+    let (info, speed_from) = match batch {
+        Ok(Some((version, cutoff, rows))) => {
+            for r in rows {
+                let count = r.get::<_, i64>(4) as u64;
+                let start_ms: i64 = r.get(2);
+                windows.push(SensorWindow {
+                    start: rfc3339(start_ms),
+                    end: rfc3339(r.get(3)),
+                    start_ms,
+                    count,
+                    temperature_c: Measure::new(r.get(5), r.get(6), r.get(7), count),
+                    vibration_mm_s: Measure::new(r.get(8), r.get(9), r.get(10), count),
+                    source: Source::Batch,
+                });
+            }
+            let from = cutoff.map_or(range.from_ms, |c| c.max(range.from_ms));
+            (
+                BatchInfo {
+                    version: Some(version),
+                    cutoff: cutoff.map(rfc3339),
+                },
+                from,
+            )
+        }
+        Ok(None) => (
+            BatchInfo {
+                version: None,
+                cutoff: None,
+            },
+            range.from_ms,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "batch views unreachable");
+            degraded.push("batch".to_owned());
+            (
+                BatchInfo {
+                    version: None,
+                    cutoff: None,
+                },
+                range.from_ms,
+            )
+        }
+    };
+    let starts: Vec<i64> = minutes(speed_from, range.to_ms).collect();
+    if !starts.is_empty() {
+        let mut pipe = redis::pipe();
+        for s in &starts {
+            pipe.cmd("HGET")
+                .arg(keys.sensor_windows(SensorView::OneMinute, *s))
+                .arg(device);
+        }
+        match redis.query::<Vec<Option<String>>>(&pipe).await {
+            Ok(values) => {
+                for v in values.into_iter().flatten() {
+                    match serde_json::from_str::<StoredSensor>(&v) {
+                        Ok(s) => windows.push(SensorWindow {
+                            start: rfc3339(s.start),
+                            end: rfc3339(s.end),
+                            start_ms: s.start,
+                            count: s.count,
+                            temperature_c: Measure::new(s.t_min, s.t_max, s.t_sum, s.count),
+                            vibration_mm_s: Measure::new(s.v_min, s.v_max, s.v_sum, s.count),
+                            source: Source::Speed,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(error = %e, device, "unreadable speed window");
+                            if !degraded.iter().any(|d| d == "speed") {
+                                degraded.push("speed".to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "speed views unreachable");
+                degraded.push("speed".to_owned());
+            }
+        }
+    }
+    windows.sort_by_key(|w| w.start_ms);
+    SensorWindows {
+        device_id: device.to_owned(),
+        windows,
+        batch: info,
+        speed: SpeedInfo { freshness_ms },
+        degraded,
+    }
+}
+
+pub async fn card_windows(
+    pg: &Postgres,
+    redis: &Redis,
+    keys: &Keys,
+    freshness_ms: Option<i64>,
+    card: &str,
+    range: &Range,
+) -> CardWindows {
+    let mut degraded = Vec::new();
+    let mut windows = Vec::new();
+    let batch = batch_rows(pg, card_sql(), card, range).await;
+    let cents = |c: i64| c as f64 / 100.0;
+    let (info, speed_from) = match batch {
+        Ok(Some((version, cutoff, rows))) => {
+            for r in rows {
+                let start_ms: i64 = r.get(2);
+                windows.push(CardWindow {
+                    start: rfc3339(start_ms),
+                    end: rfc3339(r.get(3)),
+                    start_ms,
+                    count: r.get::<_, i64>(4) as u64,
+                    amount: Amount {
+                        sum: cents(r.get(5)),
+                        max: cents(r.get(6)),
+                    },
+                    source: Source::Batch,
+                });
+            }
+            let from = cutoff.map_or(range.from_ms, |c| c.max(range.from_ms));
+            (
+                BatchInfo {
+                    version: Some(version),
+                    cutoff: cutoff.map(rfc3339),
+                },
+                from,
+            )
+        }
+        Ok(None) => (
+            BatchInfo {
+                version: None,
+                cutoff: None,
+            },
+            range.from_ms,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "batch views unreachable");
+            degraded.push("batch".to_owned());
+            (
+                BatchInfo {
+                    version: None,
+                    cutoff: None,
+                },
+                range.from_ms,
+            )
+        }
+    };
+    let starts: Vec<i64> = minutes(speed_from, range.to_ms).collect();
+    if !starts.is_empty() {
+        let mut pipe = redis::pipe();
+        for s in &starts {
+            pipe.cmd("HGET").arg(keys.card_windows(*s)).arg(card);
+        }
+        match redis.query::<Vec<Option<String>>>(&pipe).await {
+            Ok(values) => {
+                for v in values.into_iter().flatten() {
+                    match serde_json::from_str::<StoredCard>(&v) {
+                        Ok(s) => windows.push(CardWindow {
+                            start: rfc3339(s.start),
+                            end: rfc3339(s.end),
+                            start_ms: s.start,
+                            count: s.count,
+                            amount: Amount {
+                                sum: cents(s.amount_sum),
+                                max: cents(s.amount_max),
+                            },
+                            source: Source::Speed,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(error = %e, card, "unreadable speed window");
+                            if !degraded.iter().any(|d| d == "speed") {
+                                degraded.push("speed".to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "speed views unreachable");
+                degraded.push("speed".to_owned());
+            }
+        }
+    }
+    windows.sort_by_key(|w| w.start_ms);
+    CardWindows {
+        card_id: card.to_owned(),
+        windows,
+        batch: info,
+        speed: SpeedInfo { freshness_ms },
+        degraded,
+    }
+}
