@@ -7,6 +7,8 @@ mod batch;
 #[cfg(test)]
 mod ingest;
 #[cfg(test)]
+mod serving;
+#[cfg(test)]
 mod speed;
 #[cfg(test)]
 mod support;

@@ -30,29 +30,29 @@ fn kafka() -> (KafkaArgs, ProducerArgs) {
 }
 
 /// One speed-layer deployment: its topics, key prefix and group, all fresh.
-struct Setup {
-    sensor: String,
-    payment: String,
-    alerts: String,
-    late: String,
-    dead: String,
-    prefix: String,
-    group: String,
-    keys: Keys,
-    redis: redis::Client,
-    producer: Producer,
+pub(crate) struct Setup {
+    pub(crate) sensor: String,
+    pub(crate) payment: String,
+    pub(crate) alerts: String,
+    pub(crate) late: String,
+    pub(crate) dead: String,
+    pub(crate) prefix: String,
+    pub(crate) group: String,
+    pub(crate) keys: Keys,
+    pub(crate) redis: redis::Client,
+    pub(crate) producer: Producer,
     /// Next offset of every partition written so far (topic, partition) → end.
-    ends: HashMap<(String, i32), i64>,
+    pub(crate) ends: HashMap<(String, i32), i64>,
     /// Every event sent, decoded as the speed layer decodes it.
-    sensors: Vec<SensorReading>,
-    payments: Vec<Payment>,
+    pub(crate) sensors: Vec<SensorReading>,
+    pub(crate) payments: Vec<Payment>,
     /// Readings sent that must not be counted (late), to look for them in Redis too.
-    unapplied_sensors: Vec<SensorReading>,
-    logs: Vec<PathBuf>,
+    pub(crate) unapplied_sensors: Vec<SensorReading>,
+    pub(crate) logs: Vec<PathBuf>,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    pub(crate) fn new() -> Setup {
         let (kafka, producer) = kafka();
         let prefix = unique("it");
         Setup {
@@ -119,7 +119,7 @@ impl Setup {
     }
 
     /// Start one `lambdalake-speed` process; its log goes to a file named in failures.
-    fn spawn(&mut self, extra: &[&str]) -> Child {
+    pub(crate) fn spawn(&mut self, extra: &[&str]) -> Child {
         let group = self.group.clone();
         self.spawn_in(&group, extra)
     }
@@ -139,7 +139,7 @@ impl Setup {
     }
 
     /// Produce raw records (key, value) to `topic` and wait for the acknowledgements.
-    async fn produce(&mut self, topic: &str, records: &[(String, Vec<u8>)]) {
+    pub(crate) async fn produce(&mut self, topic: &str, records: &[(String, Vec<u8>)]) {
         let batch = self.producer.batch();
         for (i, (key, value)) in records.iter().enumerate() {
             batch
@@ -156,7 +156,7 @@ impl Setup {
         }
     }
 
-    async fn send_sensors(&mut self, jsons: &[String]) {
+    pub(crate) async fn send_sensors(&mut self, jsons: &[String]) {
         let mut records = Vec::new();
         for j in jsons {
             let r = SensorReading::from_json(j.as_bytes(), &Policy::stored()).expect("valid");
@@ -167,7 +167,7 @@ impl Setup {
         self.produce(&topic, &records).await;
     }
 
-    async fn send_payments(&mut self, jsons: &[String]) {
+    pub(crate) async fn send_payments(&mut self, jsons: &[String]) {
         let mut records = Vec::new();
         for j in jsons {
             let p = Payment::from_json(j.as_bytes(), &Policy::stored()).expect("valid");
@@ -178,14 +178,14 @@ impl Setup {
         self.produce(&topic, &records).await;
     }
 
-    fn con(&self) -> redis::Connection {
+    pub(crate) fn con(&self) -> redis::Connection {
         self.redis
             .get_connection()
             .expect("redis (is the local stack up?)")
     }
 
     /// Wait until every partition's stored offset reached what was produced.
-    fn wait_applied(&self, timeout: Duration) {
+    pub(crate) fn wait_applied(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut con = self.con();
         loop {
@@ -313,21 +313,21 @@ fn assert_maps_eq<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
     );
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as i64
 }
 
-fn sensor_json(id: &str, device: &str, ts: i64, t: f64, v: f64) -> String {
+pub(crate) fn sensor_json(id: &str, device: &str, ts: i64, t: f64, v: f64) -> String {
     format!(
         r#"{{"event_id":"{id}","device_id":"{device}","site":"plant-1","ts":{ts},"temperature_c":{t},"vibration_mm_s":{v}}}"#
     )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn payment_json(
+pub(crate) fn payment_json(
     id: &str,
     card: &str,
     ts: i64,
@@ -345,7 +345,7 @@ fn payment_json(
     )
 }
 
-struct Kill(Vec<Child>);
+pub(crate) struct Kill(pub(crate) Vec<Child>);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -553,7 +553,7 @@ fn stream(n: usize, keys: usize, dup_share: f64) -> (Vec<String>, Vec<String>) {
 }
 
 /// [`stream`] with `step_ms` of event time between consecutive events (±2 s), ending a minute ago.
-fn stream_spaced(
+pub(crate) fn stream_spaced(
     n: usize,
     keys: usize,
     dup_share: f64,
@@ -599,7 +599,7 @@ fn stream_spaced(
 }
 
 /// Send the stream in chunks while `during` runs; returns when all is sent.
-async fn send_stream(
+pub(crate) async fn send_stream(
     s: &mut Setup,
     sensors: &[String],
     payments: &[String],
@@ -818,60 +818,11 @@ async fn lambda_invariant_batch_views_equal_speed_views_on_closed_windows() {
     // 2 s of jitter against 30 s of allowed lateness: nothing is late
     let (sensors, payments) = stream_spaced(8_000, 25, 0.05, 150);
     let dir = std::env::temp_dir().join(unique("ll-master"));
-    let labels = unique("it-labels");
-    let log = std::env::temp_dir().join(format!("{}-archiver.log", s.prefix));
-    let file = std::fs::File::create(&log).expect("log file");
-    let archiver = Command::new(crate::batch::batch_binary())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--dataset",
-            dir.to_str().unwrap(),
-            "--group",
-            &unique("it-archiver"),
-            "--topic-sensor-readings",
-            &s.sensor,
-            "--topic-payments",
-            &s.payment,
-            "--topic-fraud-labels",
-            &labels,
-            "--flush-interval",
-            "200ms",
-            "archive",
-        ])
-        .env("LAMBDALAKE_LOG", "info")
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("start lambdalake-batch");
+    let (archiver, log) = spawn_archiver(&s, &dir);
     let _guard = Kill(vec![s.spawn(&[]), archiver]);
     send_stream(&mut s, &sensors, &payments, 400, Duration::from_millis(20)).await;
     s.wait_applied(Duration::from_secs(90));
-    // the archiver caught up when every partition's manifest reached what was produced
-    let dataset = lambdalake_batch::dataset::Dataset::open(&dir).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let behind: Vec<String> = s
-            .ends
-            .iter()
-            .filter(|((topic, p), end)| {
-                dataset
-                    .manifest(topic, *p)
-                    .expect("manifest")
-                    .is_none_or(|m| m.next_offset < **end)
-            })
-            .map(|((topic, p), end)| format!("{topic}/{p} < {end}"))
-            .collect();
-        if behind.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the archiver did not catch up: {behind:?}; log {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_archived(&s, &dir, &log).await;
     let url = crate::batch::fresh_database().await;
     let run = lambdalake_batch::run_once(&crate::batch::config_for(&dir, &url, &s.prefix, &[]))
         .await
@@ -907,4 +858,63 @@ async fn lambda_invariant_batch_views_equal_speed_views_on_closed_windows() {
         .sum();
     assert!(counted > 3_000, "{counted}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Start a `lambdalake-batch archive` process on the topics of `s`, writing the dataset at `dir`;
+/// the process and its log file.
+pub(crate) fn spawn_archiver(s: &Setup, dir: &std::path::Path) -> (Child, PathBuf) {
+    let log = std::env::temp_dir().join(format!("{}-archiver.log", unique(&s.prefix)));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(crate::batch::batch_binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--dataset",
+            dir.to_str().unwrap(),
+            "--group",
+            &unique("it-archiver"),
+            "--topic-sensor-readings",
+            &s.sensor,
+            "--topic-payments",
+            &s.payment,
+            "--topic-fraud-labels",
+            &unique("it-labels"),
+            "--flush-interval",
+            "200ms",
+            "archive",
+        ])
+        .env("LAMBDALAKE_LOG", "info")
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start lambdalake-batch");
+    (child, log)
+}
+
+/// Wait until the archiver's manifests at `dir` reached every offset produced through `s`.
+pub(crate) async fn wait_archived(s: &Setup, dir: &std::path::Path, log: &std::path::Path) {
+    let dataset = lambdalake_batch::dataset::Dataset::open(dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: Vec<String> = s
+            .ends
+            .iter()
+            .filter(|((topic, p), end)| {
+                dataset
+                    .manifest(topic, *p)
+                    .expect("manifest")
+                    .is_none_or(|m| m.next_offset < **end)
+            })
+            .map(|((topic, p), end)| format!("{topic}/{p} < {end}"))
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archiver did not catch up: {behind:?}; log {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,414 @@
+//! The serving layer on the real stores: the speed layer and the archiver on one stream, batch
+//! versions published from the archive, and `lambdalake-serving` merging the two on the cutoff.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lambdalake_events::{Event, Policy, SensorReading};
+use lambdalake_views::table::{self, Keyed};
+use lambdalake_views::{CardAgg, SensorAgg, WindowSpec};
+use serde_json::Value;
+
+use crate::speed::{
+    Kill, Setup, now_ms, payment_json, send_stream, sensor_json, spawn_archiver, stream_spaced,
+    wait_archived,
+};
+use crate::support::unique;
+
+fn millis(rfc3339: &str) -> i64 {
+    lambdalake_events::EventTime::parse_rfc3339("time", rfc3339)
+        .expect("an RFC 3339 time")
+        .millis()
+}
+
+fn rfc3339(ms: i64) -> String {
+    lambdalake_serving::windows::rfc3339(ms)
+}
+
+/// Start a serving instance in-process; its base URL and stop token.
+async fn serve(
+    postgres_url: &str,
+    redis_url: &str,
+    prefix: &str,
+) -> (String, lambdalake_serving::CancellationToken) {
+    let config = <lambdalake_serving::Config as clap::Parser>::try_parse_from([
+        "lambdalake-serving",
+        "--listen",
+        "127.0.0.1:0",
+        "--postgres-url",
+        postgres_url,
+        "--redis-url",
+        redis_url,
+        "--key-prefix",
+        prefix,
+        "--store-timeout",
+        "500ms",
+        "--workers",
+        "2",
+    ])
+    .expect("valid arguments");
+    let app = lambdalake_serving::Application::build(config)
+        .await
+        .expect("serving starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let token = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+    (base, token)
+}
+
+fn redis_url() -> String {
+    std::env::var("LAMBDALAKE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
+}
+
+/// The expected merged windows of `device`: every window of `events`, `batch` when it ends at or
+/// before `cutoff`.
+fn expected_sensor(
+    events: &[SensorReading],
+    device: &str,
+    cutoff: Option<i64>,
+) -> Vec<(i64, u64, f64, f64, f64, &'static str)> {
+    let view: Keyed<SensorAgg> = table::sensor_windows(events, WindowSpec::ONE_MINUTE);
+    view.iter()
+        .filter(|((d, _), _)| d == device)
+        .map(|((_, w), a)| {
+            let source = if cutoff.is_some_and(|c| w.end.millis() <= c) {
+                "batch"
+            } else {
+                "speed"
+            };
+            (
+                w.start.millis(),
+                a.count,
+                a.temperature_c.min,
+                a.temperature_c.max,
+                a.temperature_c.sum_micro as f64 / 1_000_000.0 / a.count as f64,
+                source,
+            )
+        })
+        .collect()
+}
+
+fn got_sensor(body: &Value) -> Vec<(i64, u64, f64, f64, f64, &'static str)> {
+    body["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .map(|w| {
+            let start = millis(w["start"].as_str().unwrap());
+            let end = millis(w["end"].as_str().unwrap());
+            assert_eq!(end - start, 60_000, "{w}");
+            let t = &w["temperature_c"];
+            (
+                start,
+                w["count"].as_u64().unwrap(),
+                t["min"].as_f64().unwrap(),
+                t["max"].as_f64().unwrap(),
+                t["mean"].as_f64().unwrap(),
+                match w["source"].as_str().unwrap() {
+                    "batch" => "batch",
+                    "speed" => "speed",
+                    other => panic!("source {other}"),
+                },
+            )
+        })
+        .collect()
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = http.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_version_switches() {
+    let mut s = Setup::new();
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let (archiver, log) = spawn_archiver(&s, &dir);
+    let _guard = Kill(vec![s.spawn(&[]), archiver]);
+    // 20 minutes of on-time events ending a minute ago
+    let (sensors, payments) = stream_spaced(4_000, 5, 0.02, 300);
+    send_stream(&mut s, &sensors, &payments, 400, Duration::from_millis(10)).await;
+    s.wait_applied(Duration::from_secs(90));
+    // late readings of d0, 8 minutes behind the stream: the speed layer drops them, the archive
+    // keeps them
+    let late_ts = now_ms() - 60_000 - 8 * 60_000;
+    let late: Vec<String> = (0..5)
+        .map(|i| sensor_json(&format!("late{i}"), "d0", late_ts + i * 1_000, 99.5, 1.0))
+        .collect();
+    let late_events: Vec<SensorReading> = late
+        .iter()
+        .map(|j| SensorReading::from_json(j.as_bytes(), &Policy::stored()).unwrap())
+        .collect();
+    let records: Vec<(String, Vec<u8>)> = late
+        .iter()
+        .map(|j| ("d0".to_owned(), j.clone().into_bytes()))
+        .collect();
+    let topic = s.sensor.clone();
+    s.produce(&topic, &records).await;
+    s.wait_applied(Duration::from_secs(60));
+    wait_archived(&s, &dir, &log).await;
+
+    let url = crate::batch::fresh_database().await;
+    let config = crate::batch::config_for(&dir, &url, &s.prefix, &[]);
+    let v1 = lambdalake_batch::run_once(&config).await.expect("run 1");
+    let cutoff1 = v1.cutoff_ms.expect("cutoff");
+    assert!(
+        cutoff1 > late_ts + 60_000,
+        "the late minute is before the cutoff"
+    );
+
+    let (base, token) = serve(&url, &redis_url(), &s.prefix).await;
+    let http = reqwest::Client::new();
+    let from = rfc3339(now_ms() - 40 * 60_000);
+    let to = rfc3339(now_ms() + 5 * 60_000);
+    let mut all: Vec<SensorReading> = s.sensors.clone();
+    all.extend(late_events.iter().cloned());
+    for device in ["d0", "d1", "d4"] {
+        let (status, body) = get(
+            &http,
+            &format!("{base}/v1/lambda/sensors/{device}/windows?from={from}&to={to}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["batch"]["version"], v1.version);
+        assert_eq!(body["batch"]["cutoff"], rfc3339(cutoff1));
+        assert_eq!(body["degraded"], serde_json::json!([]));
+        assert!(body["speed"]["freshness_ms"].as_i64().is_some(), "{body}");
+        let got = got_sensor(&body);
+        let want = expected_sensor(&all, device, Some(cutoff1));
+        assert_eq!(got, want, "device {device}");
+        assert!(got.iter().any(|w| w.5 == "batch") && got.iter().any(|w| w.5 == "speed"));
+    }
+    // the late readings count in the merged view, not in the speed view of their minute
+    let minute = late_ts.div_euclid(60_000) * 60_000;
+    let (_, body) = get(
+        &http,
+        &format!("{base}/v1/lambda/sensors/d0/windows?from={from}&to={to}"),
+    )
+    .await;
+    let merged = got_sensor(&body);
+    let speed_only = expected_sensor(&s.sensors, "d0", None);
+    let m = merged
+        .iter()
+        .find(|w| w.0 == minute)
+        .expect("the late minute");
+    let sp = speed_only.iter().find(|w| w.0 == minute);
+    assert_eq!(m.3, 99.5, "the batch repaired the window");
+    assert!(sp.is_none_or(|w| w.1 < m.1), "{sp:?} vs {m:?}");
+
+    // card windows, same rule
+    let cards: Keyed<CardAgg> = table::card_windows(&s.payments, WindowSpec::ONE_MINUTE);
+    let (status, body) = get(
+        &http,
+        &format!("{base}/v1/lambda/cards/c2/windows?from={from}&to={to}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let want: Vec<(String, u64, f64, f64, &str)> = cards
+        .iter()
+        .filter(|((c, _), _)| c == "c2")
+        .map(|((_, w), a)| {
+            (
+                rfc3339(w.start.millis()),
+                a.count,
+                a.amount_sum_cents as f64 / 100.0,
+                a.amount_max_cents as f64 / 100.0,
+                if w.end.millis() <= cutoff1 {
+                    "batch"
+                } else {
+                    "speed"
+                },
+            )
+        })
+        .collect();
+    let got: Vec<(String, u64, f64, f64, &str)> = body["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["start"].as_str().unwrap().to_owned(),
+                w["count"].as_u64().unwrap(),
+                w["amount"]["sum"].as_f64().unwrap(),
+                w["amount"]["max"].as_f64().unwrap(),
+                if w["source"] == "batch" {
+                    "batch"
+                } else {
+                    "speed"
+                },
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(!got.is_empty());
+
+    // more events move the cutoff; a new version is published while clients query: every
+    // answer is whole — each window once, from one side, with its exact value
+    // (strictly after the first stream's events, so none is late for the speed layer)
+    let t = now_ms() - 50_000;
+    let more_s: Vec<String> = (0..600)
+        .map(|i| {
+            let ts = t + i * 75;
+            sensor_json(&format!("b-s{i}"), &format!("d{}", i % 5), ts, 20.25, 1.5)
+        })
+        .collect();
+    let more_p: Vec<String> = (0..600)
+        .map(|i| {
+            payment_json(
+                &format!("b-p{i}"),
+                &format!("c{}", i % 5),
+                t + i * 75,
+                1_250,
+                "m1",
+                5411,
+                "FR",
+                48.0,
+                2.0,
+            )
+        })
+        .collect();
+    send_stream(&mut s, &more_s, &more_p, 300, Duration::from_millis(10)).await;
+    s.wait_applied(Duration::from_secs(60));
+    wait_archived(&s, &dir, &log).await;
+    let mut all: Vec<SensorReading> = s.sensors.clone();
+    all.extend(late_events.iter().cloned());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (http, base, from, to, all, stop) = (
+                http.clone(),
+                base.clone(),
+                from.clone(),
+                to.clone(),
+                all.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut versions = std::collections::BTreeSet::new();
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let (status, body) = get(
+                        &http,
+                        &format!("{base}/v1/lambda/sensors/d0/windows?from={from}&to={to}"),
+                    )
+                    .await;
+                    assert_eq!(status, 200);
+                    let cutoff = body["batch"]["cutoff"].as_str().map(millis);
+                    assert_eq!(got_sensor(&body), expected_sensor(&all, "d0", cutoff));
+                    versions.insert(body["batch"]["version"].as_i64().unwrap());
+                }
+                versions
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let v2 = lambdalake_batch::run_once(&config).await.expect("run 2");
+    assert!(v2.cutoff_ms.expect("cutoff") > cutoff1, "the cutoff moved");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for r in readers {
+        let versions = r.await.expect("reader");
+        assert!(versions.contains(&v2.version), "{versions:?}");
+    }
+    token.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With Redis unreachable the batch windows are served and `degraded` says the speed views are
+/// missing; with Postgres unreachable, the reverse. Never a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_is_reported_not_hidden() {
+    let mut s = Setup::new();
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let (archiver, log) = spawn_archiver(&s, &dir);
+    let _guard = Kill(vec![s.spawn(&[]), archiver]);
+    let (sensors, payments) = stream_spaced(1_500, 3, 0.0, 600);
+    send_stream(&mut s, &sensors, &payments, 500, Duration::from_millis(10)).await;
+    s.wait_applied(Duration::from_secs(60));
+    wait_archived(&s, &dir, &log).await;
+    let url = crate::batch::fresh_database().await;
+    let run = lambdalake_batch::run_once(&crate::batch::config_for(&dir, &url, &s.prefix, &[]))
+        .await
+        .expect("run");
+    let cutoff = run.cutoff_ms.unwrap();
+    let http = reqwest::Client::new();
+    let from = rfc3339(now_ms() - 30 * 60_000);
+    let to = rfc3339(now_ms());
+
+    // Redis down (nothing listens on port 1)
+    let (base, token) = serve(&url, "redis://127.0.0.1:1", &s.prefix).await;
+    let (status, body) = get(
+        &http,
+        &format!("{base}/v1/lambda/sensors/d1/windows?from={from}&to={to}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["degraded"], serde_json::json!(["speed"]));
+    let want: Vec<_> = expected_sensor(&s.sensors, "d1", Some(cutoff))
+        .into_iter()
+        .filter(|w| w.5 == "batch")
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got_sensor(&body), want);
+    token.cancel();
+
+    // Postgres down
+    let bad_pg = "postgres://lambdalake:lambdalake@127.0.0.1:1/lambdalake";
+    let (base, token) = serve(bad_pg, &redis_url(), &s.prefix).await;
+    let (status, body) = get(
+        &http,
+        &format!("{base}/v1/lambda/sensors/d1/windows?from={from}&to={to}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["degraded"], serde_json::json!(["batch"]));
+    assert_eq!(body["batch"]["version"], Value::Null);
+    let want = expected_sensor(&s.sensors, "d1", None);
+    assert_eq!(got_sensor(&body), want);
+    token.cancel();
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_queries_get_a_precise_400() {
+    let (base, token) = serve(
+        "postgres://lambdalake:lambdalake@127.0.0.1:1/x",
+        "redis://127.0.0.1:1",
+        &unique("it-serving"),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let long = "d".repeat(300);
+    let cases = [
+        (format!("/v1/lambda/sensors/{long}/windows"), "device_id"),
+        (
+            "/v1/lambda/sensors/d1/windows?from=yesterday".to_owned(),
+            "from",
+        ),
+        (
+            "/v1/lambda/sensors/d1/windows?from=2026-01-01T10:00:00Z&to=2026-01-01T09:00:00Z"
+                .to_owned(),
+            "must be before",
+        ),
+        (
+            "/v1/lambda/cards/c1/windows?from=2026-01-01T00:00:00Z&to=2026-01-03T00:00:00Z"
+                .to_owned(),
+            "longer than the maximum of 1day",
+        ),
+        (
+            "/v1/lambda/cards/c1/windows?since=2026-01-01T00:00:00Z".to_owned(),
+            "unknown query parameter(s): since",
+        ),
+        ("/v1/lambda/cards/%20c1/windows".to_owned(), "card_id"),
+    ];
+    for (path, expect) in cases {
+        let (status, body) = get(&http, &format!("{base}{path}")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let msg = body["error"].as_str().expect("an error message");
+        assert!(msg.contains(expect), "{path}: {msg}");
+    }
+    // the service stays healthy
+    let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    token.cancel();
+}
