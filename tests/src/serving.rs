@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::speed::{
     Kill, Setup, now_ms, payment_json, send_stream, sensor_json, spawn_archiver, stream_spaced,
-    wait_archived,
+    stream_until, wait_archived,
 };
 use crate::support::unique;
 
@@ -126,13 +126,15 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
     let dir = std::env::temp_dir().join(unique("ll-master"));
     let (archiver, log) = spawn_archiver(&s, &dir);
     let _guard = Kill(vec![s.spawn(&[]), archiver]);
-    // 20 minutes of on-time events ending a minute ago
-    let (sensors, payments) = stream_spaced(4_000, 5, 0.02, 300);
+    // 20 minutes of on-time events ending 3 minutes ago (the second stream below fills the
+    // last 3 minutes, so the cutoff moves by 2 minutes or more)
+    let first_end = now_ms() - 180_000;
+    let (sensors, payments) = stream_until(4_000, 5, 0.02, 300, first_end);
     send_stream(&mut s, &sensors, &payments, 400, Duration::from_millis(10)).await;
     s.wait_applied(Duration::from_secs(90));
     // late readings of d0, 8 minutes behind the stream: the speed layer drops them, the archive
     // keeps them
-    let late_ts = now_ms() - 60_000 - 8 * 60_000;
+    let late_ts = first_end - 8 * 60_000;
     let late: Vec<String> = (0..5)
         .map(|i| sensor_json(&format!("late{i}"), "d0", late_ts + i * 1_000, 99.5, 1.0))
         .collect();
@@ -246,11 +248,13 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
     // more events move the cutoff; a new version is published while clients query: every
     // answer is whole — each window once, from one side, with its exact value
     // (strictly after the first stream's events, so none is late for the speed layer)
-    let t = now_ms() - 50_000;
+    let t = first_end + 5_000;
     let more_s: Vec<String> = (0..600)
         .map(|i| {
-            let ts = t + i * 75;
-            sensor_json(&format!("b-s{i}"), &format!("d{}", i % 5), ts, 20.25, 1.5)
+            let ts = t + i * 280;
+            // the last one overheats: an alert
+            let temp = if i == 599 { 95.5 } else { 20.25 };
+            sensor_json(&format!("b-s{i}"), &format!("d{}", i % 5), ts, temp, 1.5)
         })
         .collect();
     let more_p: Vec<String> = (0..600)
@@ -258,7 +262,7 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
             payment_json(
                 &format!("b-p{i}"),
                 &format!("c{}", i % 5),
-                t + i * 75,
+                t + i * 280,
                 1_250,
                 "m1",
                 5411,
@@ -304,12 +308,48 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
     tokio::time::sleep(Duration::from_millis(200)).await;
     let v2 = lambdalake_batch::run_once(&config).await.expect("run 2");
     assert!(v2.cutoff_ms.expect("cutoff") > cutoff1, "the cutoff moved");
+    // two more publications (same cutoff) while the readers go on: each switch is a chance to
+    // catch a half-seen version
+    for _ in 0..2 {
+        lambdalake_batch::run_once(&config).await.expect("run");
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Release);
     for r in readers {
         let versions = r.await.expect("reader");
-        assert!(versions.contains(&v2.version), "{versions:?}");
+        assert!(versions.contains(&(v2.version + 2)), "{versions:?}");
     }
+    // the alerts feed: newest event time first, `since` and `limit` honoured
+    let overheat_ts = t + 599 * 280;
+    let (status, body) = get(
+        &http,
+        &format!("{base}/v1/alerts?since={}&limit=50", rfc3339(overheat_ts)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let list = body["alerts"].as_array().expect("alerts");
+    assert!(
+        list.iter().any(|a| a["alert_id"] == "sensor:b-s599"
+            && a["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "overheating")),
+        "{body}"
+    );
+    assert!(
+        list.iter()
+            .all(|a| a["ts"].as_i64().unwrap() >= overheat_ts)
+    );
+    let (_, body) = get(&http, &format!("{base}/v1/alerts?limit=3")).await;
+    let ts: Vec<i64> = body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["ts"].as_i64().unwrap())
+        .collect();
+    assert!(ts.len() <= 3 && !ts.is_empty(), "{body}");
+    assert!(ts.windows(2).all(|w| w[0] >= w[1]), "newest first: {ts:?}");
     token.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -400,6 +440,8 @@ async fn bad_queries_get_a_precise_400() {
             "unknown query parameter(s): since",
         ),
         ("/v1/lambda/cards/%20c1/windows".to_owned(), "card_id"),
+        ("/v1/alerts?limit=0".to_owned(), "limit"),
+        ("/v1/alerts?since=soon".to_owned(), "since"),
     ];
     for (path, expect) in cases {
         let (status, body) = get(&http, &format!("{base}{path}")).await;

@@ -559,8 +559,19 @@ pub(crate) fn stream_spaced(
     dup_share: f64,
     step_ms: i64,
 ) -> (Vec<String>, Vec<String>) {
+    stream_until(n, keys, dup_share, step_ms, now_ms() - 60_000)
+}
+
+/// [`stream_spaced`] ending at `end_ms` (event time).
+pub(crate) fn stream_until(
+    n: usize,
+    keys: usize,
+    dup_share: f64,
+    step_ms: i64,
+    end_ms: i64,
+) -> (Vec<String>, Vec<String>) {
     let mut rng = rand::rng();
-    let t0 = now_ms() - 60_000 - n as i64 * step_ms;
+    let t0 = end_ms - n as i64 * step_ms;
     let (mut sensors, mut payments) = (Vec::new(), Vec::new());
     for i in 0..n {
         let ts = t0 + i as i64 * step_ms + rng.random_range(-2_000..2_000);

@@ -218,6 +218,61 @@ async fn card_windows(
     HttpResponse::Ok().json(body)
 }
 
+/// `GET /v1/alerts?since=…&limit=…`: the speed layer's recent alerts (fraud and sensor), newest
+/// event time first; `since` (RFC 3339) keeps alerts of events at or after it; `limit` 1 … 1000,
+/// default 100.
+async fn alerts(
+    state: web::Data<State>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !matches!(*k, "since" | "limit"))
+        .collect();
+    if !unknown.is_empty() {
+        return bad_request(format!(
+            "unknown query parameter(s): {} (expected since, limit)",
+            unknown.join(", ")
+        ));
+    }
+    let since = match query.get("since") {
+        None => None,
+        Some(v) => match lambdalake_events::EventTime::parse_rfc3339("since", v) {
+            Ok(t) => Some(t.millis()),
+            Err(e) => return bad_request(format!("since: {}", e.reason)),
+        },
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<u16>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=1000).contains(&l) => l,
+        Some(_) => return bad_request("limit: must be an integer from 1 to 1000"),
+    };
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZRANGE")
+        .arg(state.keys.alerts())
+        .arg("+inf")
+        .arg(since.map_or_else(|| "-inf".to_owned(), |s| s.to_string()))
+        .arg("BYSCORE")
+        .arg("REV")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit);
+    let (list, degraded) = match state.redis.query::<(Vec<String>,)>(&pipe).await {
+        Ok((raw,)) => (
+            raw.iter()
+                .filter_map(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+                .collect::<Vec<_>>(),
+            Vec::<String>::new(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "speed views unreachable");
+            (Vec::new(), vec!["speed".to_owned()])
+        }
+    };
+    HttpResponse::Ok().json(serde_json::json!({ "alerts": list, "degraded": degraded }))
+}
+
 /// The API routes (without the operations endpoints).
 pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
@@ -243,7 +298,8 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route(
                 "/v1/lambda/cards/{card_id}/windows",
                 web::get().to(card_windows),
-            );
+            )
+            .route("/v1/alerts", web::get().to(alerts));
     }
 }
 

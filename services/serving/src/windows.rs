@@ -5,8 +5,8 @@
 //! minute boundary). A 1-minute window ending at or before the cutoff comes from that version in
 //! Postgres (the batch layer publishes exactly those); a window starting at or after the cutoff
 //! comes from Redis. Windows are aligned on minutes, so each is on exactly one side: never
-//! counted twice, never missing. The version and its rows are read in one repeatable-read
-//! transaction, so a version published meanwhile is seen whole or not at all.
+//! counted twice, never missing. The rows are read from the version whose cutoff is used (see
+//! [`batch_rows`]), so a version published meanwhile is seen whole or not at all.
 //!
 //! **Degraded.** Postgres unreachable: there is no cutoff, every window comes from Redis and
 //! `degraded` lists `"batch"`. Redis unreachable: the batch windows are served, the later ones are
@@ -126,36 +126,58 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The latest version, its cutoff and its rows for one key, in **one statement**: one snapshot, so
-/// a version published meanwhile is seen whole or not at all. `sql` selects the window columns
-/// as `w.…` from `run left join {view} w on w.version = run.version and …` with `$1` the key,
-/// `$2`/`$3` the start range; a version without matching windows gives one row of nulls.
+/// The latest version, its cutoff and its rows for one key.
+///
+/// Two statements, not one: PostgreSQL plans a statement with the partitions attached when it is
+/// planned but reads rows with the snapshot taken when it executes, so one statement joining
+/// `batch_runs` to the views can see version N's row and plan without N's partition (a test
+/// caught exactly that). The version is read first; the rows are read by a second statement,
+/// planned after N's partition — attached in the transaction that inserted N's row — is visible.
+/// If that finds no rows because N was dropped in between (two newer versions published), the
+/// read starts over.
 async fn batch_rows(
     pg: &Postgres,
     sql: &str,
     key: &str,
     range: &Range,
 ) -> Result<Option<(i64, Option<i64>, Vec<tokio_postgres::Row>)>, StoreError> {
-    let key = key.to_owned();
-    let (from, to) = (range.from_ms, range.to_ms);
-    let rows = pg
-        .with(|c| async move { c.query(sql, &[&key, &from, &to]).await })
-        .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let (version, cutoff): (i64, Option<i64>) = (first.get(0), first.get(1));
-    // the windows start at column 2; a row of nulls is a version without windows here
-    let rows = rows
-        .into_iter()
-        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-        .filter(|r| cutoff.is_some_and(|c| r.get::<_, i64>(3) <= c))
-        .collect();
-    Ok(Some((version, cutoff, rows)))
+    for _ in 0..3 {
+        let run = pg
+            .with(|c| async move {
+                c.query_opt(
+                    "select version, cutoff_ms from batch_runs order by version desc limit 1",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        let Some(run) = run else { return Ok(None) };
+        let (version, cutoff): (i64, Option<i64>) = (run.get(0), run.get(1));
+        let Some(c) = cutoff else {
+            return Ok(Some((version, None, Vec::new())));
+        };
+        let (from, to) = (range.from_ms, range.to_ms);
+        let key = key.to_owned();
+        let rows = pg
+            .with(|cl| async move { cl.query(sql, &[&version, &key, &from, &to, &c]).await })
+            .await?;
+        if rows.is_empty() {
+            let still = pg
+                .with(|cl| async move {
+                    cl.query_opt("select 1 from batch_runs where version = $1", &[&version])
+                        .await
+                })
+                .await?;
+            if still.is_none() {
+                continue;
+            }
+        }
+        return Ok(Some((version, cutoff, rows)));
+    }
+    Err(StoreError::Postgres(
+        "batch versions were replaced faster than they could be read".to_owned(),
+    ))
 }
-
-const RUN: &str =
-    "with run as (select version, cutoff_ms from batch_runs order by version desc limit 1)";
 
 /// Window starts from `from` (inclusive) to `to` (exclusive), by minute.
 fn minutes(from: i64, to: i64) -> impl Iterator<Item = i64> {
@@ -164,39 +186,24 @@ fn minutes(from: i64, to: i64) -> impl Iterator<Item = i64> {
         .take_while(move |s| *s < to)
 }
 
-/// `from` floored to the minute.
+/// `ms` floored to the minute.
 pub fn floor_minute(ms: i64) -> i64 {
     ms.div_euclid(MINUTE_MS) * MINUTE_MS
 }
 
-fn sensor_sql() -> &'static str {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "{RUN} select run.version, run.cutoff_ms, w.start_ms, w.end_ms, w.count,
-                    w.temperature_min, w.temperature_max, w.temperature_sum_micro,
-                    w.vibration_min, w.vibration_max, w.vibration_sum_micro
-             from run left join sensor_windows w
-               on w.version = run.version and w.view = '1m' and w.device_id = $1
-                  and w.start_ms >= $2 and w.start_ms < $3
-             order by w.start_ms"
-        )
-    });
-    &SQL
-}
+/// `$1` version, `$2` key, `$3`/`$4` start range, `$5` cutoff.
+const SENSOR_SQL: &str = "select start_ms, end_ms, count,
+        temperature_min, temperature_max, temperature_sum_micro,
+        vibration_min, vibration_max, vibration_sum_micro
+    from sensor_windows
+    where version = $1 and view = '1m' and device_id = $2
+      and start_ms >= $3 and start_ms < $4 and end_ms <= $5
+    order by start_ms";
 
-fn card_sql() -> &'static str {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "{RUN} select run.version, run.cutoff_ms, w.start_ms, w.end_ms, w.count,
-                    w.amount_sum_cents, w.amount_max_cents
-             from run left join card_windows w
-               on w.version = run.version and w.card_id = $1
-                  and w.start_ms >= $2 and w.start_ms < $3
-             order by w.start_ms"
-        )
-    });
-    &SQL
-}
+const CARD_SQL: &str = "select start_ms, end_ms, count, amount_sum_cents, amount_max_cents
+    from card_windows
+    where version = $1 and card_id = $2 and start_ms >= $3 and start_ms < $4 and end_ms <= $5
+    order by start_ms";
 
 pub async fn sensor_windows(
     pg: &Postgres,
@@ -208,19 +215,19 @@ pub async fn sensor_windows(
 ) -> SensorWindows {
     let mut degraded = Vec::new();
     let mut windows = Vec::new();
-    let batch = batch_rows(pg, sensor_sql(), device, range).await;
+    let batch = batch_rows(pg, SENSOR_SQL, device, range).await;
     let (info, speed_from) = match batch {
         Ok(Some((version, cutoff, rows))) => {
             for r in rows {
-                let count = r.get::<_, i64>(4) as u64;
-                let start_ms: i64 = r.get(2);
+                let count = r.get::<_, i64>(2) as u64;
+                let start_ms: i64 = r.get(0);
                 windows.push(SensorWindow {
                     start: rfc3339(start_ms),
-                    end: rfc3339(r.get(3)),
+                    end: rfc3339(r.get(1)),
                     start_ms,
                     count,
-                    temperature_c: Measure::new(r.get(5), r.get(6), r.get(7), count),
-                    vibration_mm_s: Measure::new(r.get(8), r.get(9), r.get(10), count),
+                    temperature_c: Measure::new(r.get(3), r.get(4), r.get(5), count),
+                    vibration_mm_s: Measure::new(r.get(6), r.get(7), r.get(8), count),
                     source: Source::Batch,
                 });
             }
@@ -308,20 +315,20 @@ pub async fn card_windows(
 ) -> CardWindows {
     let mut degraded = Vec::new();
     let mut windows = Vec::new();
-    let batch = batch_rows(pg, card_sql(), card, range).await;
+    let batch = batch_rows(pg, CARD_SQL, card, range).await;
     let cents = |c: i64| c as f64 / 100.0;
     let (info, speed_from) = match batch {
         Ok(Some((version, cutoff, rows))) => {
             for r in rows {
-                let start_ms: i64 = r.get(2);
+                let start_ms: i64 = r.get(0);
                 windows.push(CardWindow {
                     start: rfc3339(start_ms),
-                    end: rfc3339(r.get(3)),
+                    end: rfc3339(r.get(1)),
                     start_ms,
-                    count: r.get::<_, i64>(4) as u64,
+                    count: r.get::<_, i64>(2) as u64,
                     amount: Amount {
-                        sum: cents(r.get(5)),
-                        max: cents(r.get(6)),
+                        sum: cents(r.get(3)),
+                        max: cents(r.get(4)),
                     },
                     source: Source::Batch,
                 });
