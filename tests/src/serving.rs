@@ -31,8 +31,30 @@ async fn serve(
     redis_url: &str,
     prefix: &str,
 ) -> (String, lambdalake_serving::CancellationToken) {
+    serve_topics(
+        postgres_url,
+        redis_url,
+        prefix,
+        "sensor-readings",
+        "payments",
+    )
+    .await
+}
+
+/// [`serve`] watching the given event topics for the overview.
+async fn serve_topics(
+    postgres_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    sensor_topic: &str,
+    payment_topic: &str,
+) -> (String, lambdalake_serving::CancellationToken) {
     let config = <lambdalake_serving::Config as clap::Parser>::try_parse_from([
         "lambdalake-serving",
+        "--topic-sensor-readings",
+        sensor_topic,
+        "--topic-payments",
+        payment_topic,
         "--listen",
         "127.0.0.1:0",
         "--postgres-url",
@@ -160,7 +182,7 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
         "the late minute is before the cutoff"
     );
 
-    let (base, token) = serve(&url, &redis_url(), &s.prefix).await;
+    let (base, token) = serve_topics(&url, &redis_url(), &s.prefix, &s.sensor, &s.payment).await;
     let http = reqwest::Client::new();
     let from = rfc3339(now_ms() - 40 * 60_000);
     let to = rfc3339(now_ms() + 5 * 60_000);
@@ -319,6 +341,28 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
         let versions = r.await.expect("reader");
         assert!(versions.contains(&(v2.version + 2)), "{versions:?}");
     }
+    // the overview: everything produced is counted, and both layers caught up with it
+    let produced: i64 = s.ends.values().sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = get(&http, &format!("{base}/v1/overview")).await;
+        assert_eq!(status, 200, "{body}");
+        if body["ingest"]["events_total"] == produced && body["ingest"]["rate_per_s"].is_number() {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body["speed"]["lag_records"], 0, "{body}");
+    assert_eq!(body["batch"]["lag_records"], 0, "{body}");
+    assert_eq!(body["batch"]["version"], v2.version + 2, "{body}");
+    assert!(body["speed"]["freshness_ms"].as_i64().is_some(), "{body}");
+    assert!(
+        body["batch"]["freshness_ms"].as_i64().unwrap() >= 30_000,
+        "{body}"
+    );
+    assert_eq!(body["degraded"], serde_json::json!([]));
+
     // the alerts feed: newest event time first, `since` and `limit` honoured
     let overheat_ts = t + 599 * 280;
     let (status, body) = get(

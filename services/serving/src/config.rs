@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use lambdalake_kafka::{KafkaArgs, TopicArgs};
 use lambdalake_runtime::TelemetryArgs;
 
 /// lambdalake serving layer: one query API over the batch views (Postgres) and the speed views
@@ -53,6 +54,12 @@ pub struct Config {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "LAMBDALAKE_SERVING_WORKERS")]
     pub workers: Option<std::num::NonZeroUsize>,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub topics: TopicArgs,
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

@@ -3,6 +3,7 @@
 //! `docs/serving.md` documents the API.
 
 mod config;
+pub mod overview;
 pub mod stores;
 pub mod windows;
 
@@ -44,6 +45,8 @@ pub struct State {
     freshness: Mutex<Option<(Instant, Option<i64>)>>,
     /// (listed at, keys): the speed layer's partition-state keys, listed at most every 30 s.
     partitions: Mutex<Option<(Instant, Vec<String>)>>,
+    /// The event topics' high watermarks, polled every second.
+    watermarks: std::sync::Arc<Mutex<overview::Watermarks>>,
 }
 
 impl State {
@@ -273,6 +276,10 @@ async fn alerts(
     HttpResponse::Ok().json(serde_json::json!({ "alerts": list, "degraded": degraded }))
 }
 
+async fn get_overview(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok().json(overview::overview(&state).await)
+}
+
 /// The API routes (without the operations endpoints).
 pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
@@ -299,7 +306,8 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/v1/lambda/cards/{card_id}/windows",
                 web::get().to(card_windows),
             )
-            .route("/v1/alerts", web::get().to(alerts));
+            .route("/v1/alerts", web::get().to(alerts))
+            .route("/v1/overview", web::get().to(get_overview));
     }
 }
 
@@ -321,6 +329,16 @@ impl Application {
         .map_err(|e| StartError::Config(vec![e]))?;
         let redis = Redis::new(&config.redis_url, config.store_timeout)
             .map_err(|e| StartError::Config(vec![e]))?;
+        let tasks = Tasks::new();
+        let watermarks = overview::watch(
+            &config.kafka,
+            vec![
+                config.topics.sensor_readings.clone(),
+                config.topics.payments.clone(),
+            ],
+            tasks.token(),
+        )
+        .map_err(|e| StartError::Config(vec![e]))?;
         let state = web::Data::new(State {
             pg,
             redis,
@@ -328,6 +346,7 @@ impl Application {
             max_range: config.max_range,
             freshness: Mutex::new(None),
             partitions: Mutex::new(None),
+            watermarks,
         });
         let readiness = Readiness::default();
         let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
@@ -361,7 +380,7 @@ impl Application {
         Ok(Application {
             port,
             server,
-            tasks: Tasks::new(),
+            tasks,
         })
     }
 
