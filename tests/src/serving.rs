@@ -42,7 +42,7 @@ async fn serve(
 }
 
 /// [`serve`] watching the given event topics for the overview.
-async fn serve_topics(
+pub(crate) async fn serve_topics(
     postgres_url: &str,
     redis_url: &str,
     prefix: &str,

@@ -276,6 +276,14 @@ async fn alerts(
     HttpResponse::Ok().json(serde_json::json!({ "alerts": list, "degraded": degraded }))
 }
 
+/// The live dashboard: one self-contained page (no external resource) polling the API.
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .body(include_str!("dashboard.html"))
+}
+
 async fn get_overview(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(overview::overview(&state).await)
 }
@@ -307,7 +315,8 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
                 web::get().to(card_windows),
             )
             .route("/v1/alerts", web::get().to(alerts))
-            .route("/v1/overview", web::get().to(get_overview));
+            .route("/v1/overview", web::get().to(get_overview))
+            .route("/", web::get().to(dashboard));
     }
 }
 

@@ -196,7 +196,7 @@ pub async fn overview(state: &State) -> Overview {
                 lag_records: lag,
             }
         }
-        Ok(None) => Batch {
+        Ok(None) | Err(crate::stores::StoreError::NoBatchSchema) => Batch {
             version: None,
             cutoff: None,
             published_at: None,

@@ -16,6 +16,9 @@ pub enum StoreError {
     Postgres(String),
     #[error("redis: {0}")]
     Redis(String),
+    /// The batch tables do not exist yet: the batch layer never ran against this database.
+    #[error("postgres: the batch layer's tables do not exist yet")]
+    NoBatchSchema,
 }
 
 fn pg_message(e: &tokio_postgres::Error) -> String {
@@ -80,7 +83,13 @@ impl Postgres {
     {
         let work = async {
             let c = self.client().await?;
-            f(c).await.map_err(|e| StoreError::Postgres(pg_message(&e)))
+            f(c).await.map_err(|e| {
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+                    StoreError::NoBatchSchema
+                } else {
+                    StoreError::Postgres(pg_message(&e))
+                }
+            })
         };
         tokio::time::timeout(self.timeout, work)
             .await

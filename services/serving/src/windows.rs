@@ -142,7 +142,7 @@ async fn batch_rows(
     range: &Range,
 ) -> Result<Option<(i64, Option<i64>, Vec<tokio_postgres::Row>)>, StoreError> {
     for _ in 0..3 {
-        let run = pg
+        let run = match pg
             .with(|c| async move {
                 c.query_opt(
                     "select version, cutoff_ms from batch_runs order by version desc limit 1",
@@ -150,7 +150,11 @@ async fn batch_rows(
                 )
                 .await
             })
-            .await?;
+            .await
+        {
+            Err(StoreError::NoBatchSchema) => return Ok(None),
+            other => other?,
+        };
         let Some(run) = run else { return Ok(None) };
         let (version, cutoff): (i64, Option<i64>) = (run.get(0), run.get(1));
         let Some(c) = cutoff else {
