@@ -261,7 +261,11 @@ async fn the_dashboard_loads_cleanly_and_its_numbers_move_as_events_arrive() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dashboard.png");
     std::fs::write(&path, &png).unwrap();
-    assert!(std::fs::metadata(&path).is_ok_and(|m| m.len() > 10_000), "{}", path.display());
+    assert!(
+        std::fs::metadata(&path).is_ok_and(|m| m.len() > 10_000),
+        "{}",
+        path.display()
+    );
 
     assert!(page.errors.is_empty(), "console errors: {:?}", page.errors);
     guard.0[0].kill().ok();

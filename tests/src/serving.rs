@@ -493,6 +493,10 @@ async fn bad_queries_get_a_precise_400() {
         let msg = body["error"].as_str().expect("an error message");
         assert!(msg.contains(expect), "{path}: {msg}");
     }
+    // the lakehouse paths are reserved
+    let (status, body) = get(&http, &format!("{base}/v1/lakehouse/sensors/d1/windows")).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("lakehouse"));
     // the service stays healthy
     let r = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);

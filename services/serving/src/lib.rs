@@ -276,6 +276,13 @@ async fn alerts(
     HttpResponse::Ok().json(serde_json::json!({ "alerts": list, "degraded": degraded }))
 }
 
+/// The lakehouse twins of the window endpoints: reserved until the lakehouse exists.
+async fn lakehouse_reserved() -> HttpResponse {
+    HttpResponse::NotImplemented().json(serde_json::json!({
+        "error": "the lakehouse is not built yet: /v1/lakehouse/... answers once it is (same shapes as /v1/lambda/...)"
+    }))
+}
+
 /// The live dashboard: one self-contained page (no external resource) polling the API.
 async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
@@ -316,7 +323,15 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
             )
             .route("/v1/alerts", web::get().to(alerts))
             .route("/v1/overview", web::get().to(get_overview))
-            .route("/", web::get().to(dashboard));
+            .route("/", web::get().to(dashboard))
+            .route(
+                "/v1/lakehouse/sensors/{device_id}/windows",
+                web::get().to(lakehouse_reserved),
+            )
+            .route(
+                "/v1/lakehouse/cards/{card_id}/windows",
+                web::get().to(lakehouse_reserved),
+            );
     }
 }
 
