@@ -473,6 +473,7 @@ impl Archiver {
                     );
                     part.expect = stored.next_offset;
                     part.manifest = stored;
+                    self.buffered -= part.buffer.len();
                     part.buffer.clear();
                     let _ = self.consumer.seek(
                         topic,
