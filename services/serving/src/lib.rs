@@ -108,8 +108,11 @@ impl State {
                 Err(_) => return Vec::new(),
             }
         }
-        *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), keys.clone()));
+        // none yet (the speed layer has not applied anything): look again next time
+        if !keys.is_empty() {
+            *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now(), keys.clone()));
+        }
         keys
     }
 }
