@@ -7,7 +7,7 @@ use std::time::Duration;
 use lambdalake_events::{Event, Policy, SensorReading};
 use lambdalake_views::table::{self, Keyed};
 use lambdalake_views::{CardAgg, SensorAgg, WindowSpec};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::speed::{
     Kill, Setup, now_ms, payment_json, send_stream, sensor_json, spawn_archiver, stream_spaced,
@@ -136,6 +136,88 @@ fn got_sensor(body: &Value) -> Vec<(i64, u64, f64, f64, f64, &'static str)> {
         .collect()
 }
 
+/// `v` conforms to `schema` (OpenAPI 3.1 / JSON Schema subset utoipa emits: `$ref`, `type` (one or
+/// a list), `properties`/`required` — an undeclared field is an error —, `items`, `enum`,
+/// `oneOf`/`anyOf`/`allOf`).
+fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return conforms(doc, &doc["components"]["schemas"][name], v, at);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            if options.iter().any(|o| conforms(doc, o, v, at).is_ok()) {
+                return Ok(());
+            }
+            return Err(format!("{at}: {v} matches no {key} branch"));
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for o in all {
+            conforms(doc, o, v, at)?;
+        }
+    }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(v)
+    {
+        return Err(format!("{at}: {v} not in {options:?}"));
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() {
+        let ok = types.iter().any(|t| match *t {
+            "null" => v.is_null(),
+            "string" => v.is_string(),
+            "boolean" => v.is_boolean(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            _ => false,
+        });
+        if !ok {
+            return Err(format!("{at}: {v} is not {types:?}"));
+        }
+    }
+    if let (Some(obj), Some(props)) = (v.as_object(), schema["properties"].as_object()) {
+        for (k, val) in obj {
+            let Some(p) = props.get(k) else {
+                return Err(format!("{at}: field {k:?} is not in the document"));
+            };
+            conforms(doc, p, val, &format!("{at}.{k}"))?;
+        }
+        for r in schema["required"].as_array().into_iter().flatten() {
+            let r = r.as_str().unwrap_or_default();
+            if !obj.contains_key(r) {
+                return Err(format!("{at}: required field {r:?} missing"));
+            }
+        }
+    }
+    if let (Some(items), Some(schema_items)) = (v.as_array(), schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            conforms(doc, schema_items, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The answer `body` (status `status`) of `path` (as the document names it) conforms to the
+/// served OpenAPI document.
+async fn check_openapi(http: &reqwest::Client, base: &str, path: &str, status: u16, body: &Value) {
+    let (s, doc) = get(http, &format!("{base}/openapi.json")).await;
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let schema = &doc["paths"][path]["get"]["responses"][status.to_string()]["content"]["application/json"]
+        ["schema"];
+    assert!(schema.is_object(), "{path} {status} is not documented");
+    if let Err(e) = conforms(&doc, schema, body, path) {
+        panic!("{path} {status}: the answer does not match /openapi.json: {e}\n{body}");
+    }
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = http.get(url).send().await.expect("request");
     let status = r.status().as_u16();
@@ -195,6 +277,14 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
         )
         .await;
         assert_eq!(status, 200, "{body}");
+        check_openapi(
+            &http,
+            &base,
+            "/v1/lambda/sensors/{device_id}/windows",
+            200,
+            &body,
+        )
+        .await;
         assert_eq!(body["batch"]["version"], v1.version);
         assert_eq!(body["batch"]["cutoff"], rfc3339(cutoff1));
         assert_eq!(body["degraded"], serde_json::json!([]));
@@ -229,6 +319,14 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    check_openapi(
+        &http,
+        &base,
+        "/v1/lambda/cards/{card_id}/windows",
+        200,
+        &body,
+    )
+    .await;
     let want: Vec<(String, u64, f64, f64, &str)> = cards
         .iter()
         .filter(|((c, _), _)| c == "c2")
@@ -353,6 +451,7 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
         assert!(std::time::Instant::now() < deadline, "{body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    check_openapi(&http, &base, "/v1/overview", 200, &body).await;
     assert_eq!(body["speed"]["lag_records"], 0, "{body}");
     assert_eq!(body["batch"]["lag_records"], 0, "{body}");
     assert_eq!(body["batch"]["version"], v2.version + 2, "{body}");
@@ -371,6 +470,7 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    check_openapi(&http, &base, "/v1/alerts", 200, &body).await;
     let list = body["alerts"].as_array().expect("alerts");
     assert!(
         list.iter().any(|a| a["alert_id"] == "sensor:b-s599"
@@ -427,6 +527,14 @@ async fn a_store_outage_is_reported_not_hidden() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    check_openapi(
+        &http,
+        &base,
+        "/v1/lambda/sensors/{device_id}/windows",
+        200,
+        &body,
+    )
+    .await;
     assert_eq!(body["degraded"], serde_json::json!(["speed"]));
     let want: Vec<_> = expected_sensor(&s.sensors, "d1", Some(cutoff))
         .into_iter()
@@ -445,6 +553,14 @@ async fn a_store_outage_is_reported_not_hidden() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    check_openapi(
+        &http,
+        &base,
+        "/v1/lambda/sensors/{device_id}/windows",
+        200,
+        &body,
+    )
+    .await;
     assert_eq!(body["degraded"], serde_json::json!(["batch"]));
     assert_eq!(body["batch"]["version"], Value::Null);
     let want = expected_sensor(&s.sensors, "d1", None);
@@ -490,13 +606,42 @@ async fn bad_queries_get_a_precise_400() {
     for (path, expect) in cases {
         let (status, body) = get(&http, &format!("{base}{path}")).await;
         assert_eq!(status, 400, "{path}: {body}");
+        let documented = if path.starts_with("/v1/alerts") {
+            "/v1/alerts"
+        } else if path.starts_with("/v1/lambda/cards") {
+            "/v1/lambda/cards/{card_id}/windows"
+        } else {
+            "/v1/lambda/sensors/{device_id}/windows"
+        };
+        check_openapi(&http, &base, documented, 400, &body).await;
         let msg = body["error"].as_str().expect("an error message");
         assert!(msg.contains(expect), "{path}: {msg}");
     }
     // the lakehouse paths are reserved
     let (status, body) = get(&http, &format!("{base}/v1/lakehouse/sensors/d1/windows")).await;
     assert_eq!(status, 501, "{body}");
+    check_openapi(
+        &http,
+        &base,
+        "/v1/lakehouse/sensors/{device_id}/windows",
+        501,
+        &body,
+    )
+    .await;
     assert!(body["error"].as_str().unwrap().contains("lakehouse"));
+    // the check is not vacuous: an undeclared field, a wrong type, a missing field fail it
+    let (_, doc) = get(&http, &format!("{base}/openapi.json")).await;
+    let error = json!({"$ref": "#/components/schemas/ErrorBody"});
+    let windows = json!({"$ref": "#/components/schemas/SensorWindows"});
+    assert!(conforms(&doc, &error, &json!({"error": "x", "extra": 1}), "e").is_err());
+    assert!(conforms(&doc, &error, &json!({"error": 5}), "e").is_err());
+    assert!(conforms(&doc, &error, &json!({}), "e").is_err());
+    let w = json!({"device_id": "d", "windows": [{"start": "s", "end": "e", "count": 1,
+        "temperature_c": {"min": 1.0, "max": 1.0, "mean": 1.0},
+        "vibration_mm_s": {"min": 1.0, "max": 1.0, "mean": 1.0}, "source": "cache"}],
+        "batch": {"version": null, "cutoff": null}, "speed": {"freshness_ms": null}, "degraded": []});
+    let e = conforms(&doc, &windows, &w, "w").expect_err("an unknown source");
+    assert!(e.contains("source"), "{e}");
     // the service stays healthy
     let r = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);

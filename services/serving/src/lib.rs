@@ -117,9 +117,50 @@ impl State {
     }
 }
 
+/// The body of every 4xx and 5xx answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, precisely.
+    pub error: String,
+}
+
 /// A 400 with a precise message.
 fn bad_request(message: impl Into<String>) -> HttpResponse {
-    HttpResponse::BadRequest().json(serde_json::json!({ "error": message.into() }))
+    HttpResponse::BadRequest().json(ErrorBody {
+        error: message.into(),
+    })
+}
+
+/// `GET /v1/alerts`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AlertsBody {
+    /// The alerts as the speed layer stores them (`alert_id`, `kind`, `key`, `ts`,
+    /// `detected_at_ms`, `score`, `model_version`, `reasons`, `features`, `event`).
+    #[schema(value_type = Vec<Object>)]
+    pub alerts: Vec<serde_json::Value>,
+    pub degraded: Vec<String>,
+}
+
+/// The OpenAPI 3 document, generated from the handlers and the response types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "lambdalake serving API",
+        description = "One query API over the Lambda architecture's batch (Postgres) and speed (Redis) views."
+    ),
+    paths(sensor_windows, card_windows, alerts, get_overview, lakehouse_reserved),
+    components(schemas(
+        windows::SensorWindows,
+        windows::CardWindows,
+        overview::Overview,
+        AlertsBody,
+        ErrorBody
+    ))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 /// The id in the path, checked with the event field rules.
@@ -176,6 +217,20 @@ fn parse_range(query: &HashMap<String, String>, max_range: Duration) -> Result<R
     })
 }
 
+/// One device's 1-minute windows: batch up to the cutoff, speed after it.
+#[utoipa::path(
+    get,
+    path = "/v1/lambda/sensors/{device_id}/windows",
+    params(
+        ("device_id" = String, Path, description = "The device (event id rules)"),
+        ("from" = Option<String>, Query, description = "RFC 3339; default: an hour before `to`"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
+    ),
+    responses(
+        (status = 200, description = "The windows, ordered by start", body = windows::SensorWindows),
+        (status = 400, description = "A bad id, time or range", body = ErrorBody),
+    )
+)]
 async fn sensor_windows(
     state: web::Data<State>,
     path: web::Path<String>,
@@ -200,6 +255,20 @@ async fn sensor_windows(
     HttpResponse::Ok().json(body)
 }
 
+/// One card's 1-minute windows: batch up to the cutoff, speed after it.
+#[utoipa::path(
+    get,
+    path = "/v1/lambda/cards/{card_id}/windows",
+    params(
+        ("card_id" = String, Path, description = "The card (event id rules)"),
+        ("from" = Option<String>, Query, description = "RFC 3339; default: an hour before `to`"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
+    ),
+    responses(
+        (status = 200, description = "The windows, ordered by start", body = windows::CardWindows),
+        (status = 400, description = "A bad id, time or range", body = ErrorBody),
+    )
+)]
 async fn card_windows(
     state: web::Data<State>,
     path: web::Path<String>,
@@ -227,6 +296,18 @@ async fn card_windows(
 /// `GET /v1/alerts?since=…&limit=…`: the speed layer's recent alerts (fraud and sensor), newest
 /// event time first; `since` (RFC 3339) keeps alerts of events at or after it; `limit` 1 … 1000,
 /// default 100.
+#[utoipa::path(
+    get,
+    path = "/v1/alerts",
+    params(
+        ("since" = Option<String>, Query, description = "RFC 3339: alerts of events at or after it"),
+        ("limit" = Option<u16>, Query, description = "1 … 1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "Newest event time first", body = AlertsBody),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    )
+)]
 async fn alerts(
     state: web::Data<State>,
     query: web::Query<HashMap<String, String>>,
@@ -276,14 +357,23 @@ async fn alerts(
             (Vec::new(), vec!["speed".to_owned()])
         }
     };
-    HttpResponse::Ok().json(serde_json::json!({ "alerts": list, "degraded": degraded }))
+    HttpResponse::Ok().json(AlertsBody {
+        alerts: list,
+        degraded,
+    })
 }
 
 /// The lakehouse twins of the window endpoints: reserved until the lakehouse exists.
+#[utoipa::path(
+    get,
+    path = "/v1/lakehouse/sensors/{device_id}/windows",
+    params(("device_id" = String, Path, description = "The device")),
+    responses((status = 501, description = "The lakehouse is not built yet", body = ErrorBody))
+)]
 async fn lakehouse_reserved() -> HttpResponse {
-    HttpResponse::NotImplemented().json(serde_json::json!({
-        "error": "the lakehouse is not built yet: /v1/lakehouse/... answers once it is (same shapes as /v1/lambda/...)"
-    }))
+    HttpResponse::NotImplemented().json(ErrorBody {
+        error: "the lakehouse is not built yet: /v1/lakehouse/... answers once it is (same shapes as /v1/lambda/...)".to_owned(),
+    })
 }
 
 /// The live dashboard: one self-contained page (no external resource) polling the API.
@@ -294,6 +384,12 @@ async fn dashboard() -> HttpResponse {
         .body(include_str!("dashboard.html"))
 }
 
+/// Totals, rates, freshness and lag of each layer, the batch version.
+#[utoipa::path(
+    get,
+    path = "/v1/overview",
+    responses((status = 200, description = "The overview", body = overview::Overview))
+)]
 async fn get_overview(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(overview::overview(&state).await)
 }
@@ -327,6 +423,7 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/v1/alerts", web::get().to(alerts))
             .route("/v1/overview", web::get().to(get_overview))
             .route("/", web::get().to(dashboard))
+            .route("/openapi.json", web::get().to(openapi))
             .route(
                 "/v1/lakehouse/sensors/{device_id}/windows",
                 web::get().to(lakehouse_reserved),

@@ -90,19 +90,19 @@ pub fn watch(
     Ok(shared)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Ingest {
     pub events_total: Option<i64>,
     pub rate_per_s: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Speed {
     pub freshness_ms: Option<i64>,
     pub lag_records: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Batch {
     pub version: Option<i64>,
     pub cutoff: Option<String>,
@@ -112,12 +112,13 @@ pub struct Batch {
     pub lag_records: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Overview {
     pub ingest: Ingest,
     pub speed: Speed,
     pub batch: Batch,
     /// Filled when the lakehouse exists.
+    #[schema(value_type = Option<Object>)]
     pub lakehouse: Option<serde_json::Value>,
     pub degraded: Vec<String>,
 }

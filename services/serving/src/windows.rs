@@ -29,7 +29,7 @@ pub struct Range {
 }
 
 /// Min, max and mean of a measure over a window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Measure {
     pub min: f64,
     pub max: f64,
@@ -50,14 +50,15 @@ impl Measure {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Which store a window came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Batch,
     Speed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SensorWindow {
     pub start: String,
     pub end: String,
@@ -69,14 +70,14 @@ pub struct SensorWindow {
     pub source: Source,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Amount {
     /// In the currency's units (cents / 100), exact to the cent.
     pub sum: f64,
     pub max: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CardWindow {
     pub start: String,
     pub end: String,
@@ -88,7 +89,7 @@ pub struct CardWindow {
 }
 
 /// The batch version a response used.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BatchInfo {
     /// `null`: no version published yet (or Postgres unreachable).
     pub version: Option<i64>,
@@ -96,13 +97,13 @@ pub struct BatchInfo {
     pub cutoff: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SpeedInfo {
     /// Time since the speed layer last applied a micro-batch; `null` when unknown.
     pub freshness_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SensorWindows {
     pub device_id: String,
     pub windows: Vec<SensorWindow>,
@@ -111,7 +112,7 @@ pub struct SensorWindows {
     pub degraded: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CardWindows {
     pub card_id: String,
     pub windows: Vec<CardWindow>,
