@@ -542,6 +542,29 @@ async fn a_store_outage_is_reported_not_hidden() {
         .collect();
     assert!(!want.is_empty());
     assert_eq!(got_sensor(&body), want);
+    // /metrics names every series; the answer is counted by route, and as degraded
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in lambdalake_serving::metrics::NAMES {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        metrics.contains(r#"lambdalake_serving_requests_total{route="/v1/lambda/sensors/{device_id}/windows",status="200"}"#),
+        "{metrics}"
+    );
+    let degraded_speed = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"lambdalake_serving_degraded_total{store="speed"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the degraded series");
+    assert!(degraded_speed >= 1.0, "{metrics}");
     token.cancel();
 
     // Postgres down

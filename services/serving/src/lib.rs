@@ -3,6 +3,7 @@
 //! `docs/serving.md` documents the API.
 
 mod config;
+pub mod metrics;
 pub mod overview;
 pub mod stores;
 pub mod windows;
@@ -252,6 +253,7 @@ async fn sensor_windows(
         &range,
     )
     .await;
+    metrics::degraded(&body.degraded);
     HttpResponse::Ok().json(body)
 }
 
@@ -290,6 +292,7 @@ async fn card_windows(
         &range,
     )
     .await;
+    metrics::degraded(&body.degraded);
     HttpResponse::Ok().json(body)
 }
 
@@ -357,6 +360,7 @@ async fn alerts(
             (Vec::new(), vec!["speed".to_owned()])
         }
     };
+    metrics::degraded(&degraded);
     HttpResponse::Ok().json(AlertsBody {
         alerts: list,
         degraded,
@@ -391,7 +395,9 @@ async fn dashboard() -> HttpResponse {
     responses((status = 200, description = "The overview", body = overview::Overview))
 )]
 async fn get_overview(state: web::Data<State>) -> HttpResponse {
-    HttpResponse::Ok().json(overview::overview(&state).await)
+    let o = overview::overview(&state).await;
+    metrics::degraded(&o.degraded);
+    HttpResponse::Ok().json(o)
 }
 
 /// The API routes (without the operations endpoints).
@@ -445,6 +451,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         config.check().map_err(StartError::Config)?;
+        metrics::register();
         let pg = Postgres::new(
             &config.postgres_url,
             config.pg_connections.get(),
@@ -486,6 +493,23 @@ impl Application {
             .port();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap_fn(|req, srv| {
+                    let started = Instant::now();
+                    let route = req
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let fut = actix_web::dev::Service::call(srv, req);
+                    async move {
+                        let res = fut.await?;
+                        metrics::REQUEST_SECONDS
+                            .with_label_values(&[route.as_str()])
+                            .observe(started.elapsed().as_secs_f64());
+                        metrics::REQUESTS
+                            .with_label_values(&[route.as_str(), res.status().as_str()])
+                            .inc();
+                        Ok(res)
+                    }
+                })
                 .configure(lambdalake_runtime::ops::routes(readiness.clone()))
                 .configure(api(state.clone()))
         })
