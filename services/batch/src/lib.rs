@@ -14,7 +14,6 @@ pub mod recompute;
 pub mod reference;
 pub mod testing;
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -35,12 +34,8 @@ use crate::dataset::{Dataset, Kind};
 pub enum StartError {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] lambdalake_runtime::ops::ListenError),
     #[error("cannot create a Kafka client: {0}")]
     Kafka(#[source] lambdalake_kafka::rdkafka::error::KafkaError),
     #[error(transparent)]
@@ -334,24 +329,14 @@ impl Application {
         } else {
             None
         };
-        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?
-            .port();
+        let (listener, port) = lambdalake_runtime::ops::bind(config.listen)?;
         let server = HttpServer::new(move || {
             App::new().configure(lambdalake_runtime::ops::routes(readiness.clone()))
         })
         .workers(1)
         .disable_signals()
         .listen(listener)
-        .map_err(|source| StartError::Listen {
+        .map_err(|source| lambdalake_runtime::ops::ListenError {
             addr: config.listen,
             source,
         })?
@@ -385,16 +370,7 @@ impl Application {
             ..
         } = self;
         tasks.cancel_on_signals();
-        let token = tasks.token();
-        let handle = server.handle();
-        tasks.spawn("http", async move {
-            let result = tokio::select! {
-                r = server => r,
-                () = token.cancelled() => Ok(()),
-            };
-            handle.stop(true).await;
-            result.map_err(Into::into)
-        });
+        tasks.spawn_http(server);
         if let Some(archiver) = archiver {
             let token = tasks.token();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod report;
 mod routes;
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,12 +29,8 @@ pub use lambdalake_runtime::tasks::CancellationToken;
 pub enum StartError {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] lambdalake_runtime::ops::ListenError),
     #[error("cannot create the Kafka producer: {0}")]
     Producer(#[source] lambdalake_kafka::rdkafka::error::KafkaError),
     #[error(transparent)]
@@ -83,17 +78,7 @@ impl Application {
         }
         let producer =
             Producer::new(&config.kafka, &config.producer).map_err(StartError::Producer)?;
-        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?
-            .port();
+        let (listener, port) = lambdalake_runtime::ops::bind(config.listen)?;
 
         let readiness = Readiness::default();
         let health = producer.health().clone();
@@ -132,7 +117,7 @@ impl Application {
         }
         let server = server
             .listen(listener)
-            .map_err(|source| StartError::Listen {
+            .map_err(|source| lambdalake_runtime::ops::ListenError {
                 addr: config.listen,
                 source,
             })?
@@ -172,17 +157,7 @@ impl Application {
             ..
         } = self;
         tasks.cancel_on_signals();
-        let token = tasks.token();
-        let handle = server.handle();
-        tasks.spawn("http", async move {
-            let result = tokio::select! {
-                r = server => r,
-                () = token.cancelled() => Ok(()),
-            };
-            token.cancel();
-            handle.stop(true).await;
-            result.map_err(Into::into)
-        });
+        tasks.spawn_http(server);
         let token = tasks.token();
         let sampler = producer.clone();
         // samples the queue depth, and stops the service (non-zero exit) when the producer hit a

@@ -9,7 +9,6 @@ pub mod stores;
 pub mod windows;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,12 +27,8 @@ use crate::windows::Range;
 pub enum StartError {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] lambdalake_runtime::ops::ListenError),
 }
 
 /// What the handlers share.
@@ -480,17 +475,7 @@ impl Application {
             watermarks,
         });
         let readiness = Readiness::default();
-        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?
-            .port();
+        let (listener, port) = lambdalake_runtime::ops::bind(config.listen)?;
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap_fn(|req, srv| {
@@ -519,7 +504,7 @@ impl Application {
         }
         let server = server
             .listen(listener)
-            .map_err(|source| StartError::Listen {
+            .map_err(|source| lambdalake_runtime::ops::ListenError {
                 addr: config.listen,
                 source,
             })?
@@ -544,16 +529,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), String> {
         let Application { server, tasks, .. } = self;
         tasks.cancel_on_signals();
-        let token = tasks.token();
-        let handle = server.handle();
-        tasks.spawn("http", async move {
-            let result = tokio::select! {
-                r = server => r,
-                () = token.cancelled() => Ok(()),
-            };
-            handle.stop(true).await;
-            result.map_err(Into::into)
-        });
+        tasks.spawn_http(server);
         tasks
             .wait()
             .await

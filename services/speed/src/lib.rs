@@ -17,7 +17,6 @@ pub mod pipeline;
 pub mod plan;
 mod reference;
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,12 +37,8 @@ use crate::pipeline::{Health, Pipeline, Settings};
 pub enum StartError {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] lambdalake_runtime::ops::ListenError),
     #[error("cannot create a Kafka client: {0}")]
     Kafka(#[source] lambdalake_kafka::rdkafka::error::KafkaError),
     #[error(transparent)]
@@ -159,24 +154,14 @@ impl Application {
                 Err("the consumer reports errors".to_owned())
             }
         });
-        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?
-            .port();
+        let (listener, port) = lambdalake_runtime::ops::bind(config.listen)?;
         let server = HttpServer::new(move || {
             App::new().configure(lambdalake_runtime::ops::routes(readiness.clone()))
         })
         .workers(1)
         .disable_signals()
         .listen(listener)
-        .map_err(|source| StartError::Listen {
+        .map_err(|source| lambdalake_runtime::ops::ListenError {
             addr: config.listen,
             source,
         })?
@@ -218,16 +203,7 @@ impl Application {
             ..
         } = self;
         tasks.cancel_on_signals();
-        let token = tasks.token();
-        let handle = server.handle();
-        tasks.spawn("http", async move {
-            let result = tokio::select! {
-                r = server => r,
-                () = token.cancelled() => Ok(()),
-            };
-            handle.stop(true).await;
-            result.map_err(Into::into)
-        });
+        tasks.spawn_http(server);
         let token = tasks.token();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()

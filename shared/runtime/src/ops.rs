@@ -37,6 +37,23 @@ impl Readiness {
     }
 }
 
+/// A service could not listen on its address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    pub addr: std::net::SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Bind a service's listener (port 0 picks a free one); the listener and its port.
+pub fn bind(addr: std::net::SocketAddr) -> Result<(std::net::TcpListener, u16), ListenError> {
+    let error = |source| ListenError { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(error)?;
+    let port = listener.local_addr().map_err(error)?.port();
+    Ok((listener, port))
+}
+
 /// Mount `/healthz`, `/readyz` and `/metrics` on an actix-web app.
 pub fn routes(readiness: Readiness) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {

@@ -49,6 +49,22 @@ impl Tasks {
         });
     }
 
+    /// Run an HTTP server as the task `http`: stopped gracefully (in-flight requests answered)
+    /// when shutdown starts; if it ends by itself, everything shuts down.
+    pub fn spawn_http(&self, server: actix_web::dev::Server) {
+        let token = self.token.clone();
+        let handle = server.handle();
+        self.spawn("http", async move {
+            let result = tokio::select! {
+                r = server => r,
+                () = token.cancelled() => Ok(()),
+            };
+            token.cancel();
+            handle.stop(true).await;
+            result.map_err(Into::into)
+        });
+    }
+
     /// Start shutting down.
     pub fn shutdown(&self) {
         self.token.cancel();
