@@ -196,97 +196,149 @@ pub fn floor_minute(ms: i64) -> i64 {
     ms.div_euclid(MINUTE_MS) * MINUTE_MS
 }
 
-/// `$1` version, `$2` key, `$3`/`$4` start range, `$5` cutoff.
-const SENSOR_SQL: &str = "select start_ms, end_ms, count,
-        temperature_min, temperature_max, temperature_sum_micro,
-        vibration_min, vibration_max, vibration_sum_micro
-    from sensor_windows
-    where version = $1 and view = '1m' and device_id = $2
-      and start_ms >= $3 and start_ms < $4 and end_ms <= $5
-    order by start_ms";
+/// A window type the merge reads from both stores.
+trait MergedWindow: Sized {
+    /// Its batch rows: `$1` version, `$2` key, `$3`/`$4` start range, `$5` cutoff.
+    const SQL: &'static str;
+    fn from_row(r: &tokio_postgres::Row) -> Self;
+    /// From the speed layer's stored value.
+    fn from_speed(json: &str) -> serde_json::Result<Self>;
+    fn start_ms(&self) -> i64;
+}
 
-const CARD_SQL: &str = "select start_ms, end_ms, count, amount_sum_cents, amount_max_cents
-    from card_windows
-    where version = $1 and card_id = $2 and start_ms >= $3 and start_ms < $4 and end_ms <= $5
-    order by start_ms";
+impl MergedWindow for SensorWindow {
+    const SQL: &'static str = "select start_ms, end_ms, count,
+            temperature_min, temperature_max, temperature_sum_micro,
+            vibration_min, vibration_max, vibration_sum_micro
+        from sensor_windows
+        where version = $1 and view = '1m' and device_id = $2
+          and start_ms >= $3 and start_ms < $4 and end_ms <= $5
+        order by start_ms";
 
-pub async fn sensor_windows(
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        let count = r.get::<_, i64>(2) as u64;
+        let start_ms: i64 = r.get(0);
+        SensorWindow {
+            start: rfc3339(start_ms),
+            end: rfc3339(r.get(1)),
+            start_ms,
+            count,
+            temperature_c: Measure::new(r.get(3), r.get(4), r.get(5), count),
+            vibration_mm_s: Measure::new(r.get(6), r.get(7), r.get(8), count),
+            source: Source::Batch,
+        }
+    }
+
+    fn from_speed(json: &str) -> serde_json::Result<Self> {
+        let s: StoredSensor = serde_json::from_str(json)?;
+        Ok(SensorWindow {
+            start: rfc3339(s.start),
+            end: rfc3339(s.end),
+            start_ms: s.start,
+            count: s.count,
+            temperature_c: Measure::new(s.t_min, s.t_max, s.t_sum, s.count),
+            vibration_mm_s: Measure::new(s.v_min, s.v_max, s.v_sum, s.count),
+            source: Source::Speed,
+        })
+    }
+
+    fn start_ms(&self) -> i64 {
+        self.start_ms
+    }
+}
+
+fn cents(c: i64) -> f64 {
+    c as f64 / 100.0
+}
+
+impl MergedWindow for CardWindow {
+    const SQL: &'static str = "select start_ms, end_ms, count, amount_sum_cents, amount_max_cents
+        from card_windows
+        where version = $1 and card_id = $2 and start_ms >= $3 and start_ms < $4 and end_ms <= $5
+        order by start_ms";
+
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        let start_ms: i64 = r.get(0);
+        CardWindow {
+            start: rfc3339(start_ms),
+            end: rfc3339(r.get(1)),
+            start_ms,
+            count: r.get::<_, i64>(2) as u64,
+            amount: Amount {
+                sum: cents(r.get(3)),
+                max: cents(r.get(4)),
+            },
+            source: Source::Batch,
+        }
+    }
+
+    fn from_speed(json: &str) -> serde_json::Result<Self> {
+        let s: StoredCard = serde_json::from_str(json)?;
+        Ok(CardWindow {
+            start: rfc3339(s.start),
+            end: rfc3339(s.end),
+            start_ms: s.start,
+            count: s.count,
+            amount: Amount {
+                sum: cents(s.amount_sum),
+                max: cents(s.amount_max),
+            },
+            source: Source::Speed,
+        })
+    }
+
+    fn start_ms(&self) -> i64 {
+        self.start_ms
+    }
+}
+
+/// The merge rule (module documentation) for one key: the windows ordered by start, the batch
+/// version used, the stores that could not be read. `speed_key(start)` names the speed layer's
+/// hash of the windows starting at `start` (field = `key`).
+async fn merge<W: MergedWindow>(
     pg: &Postgres,
     redis: &Redis,
-    keys: &Keys,
-    freshness_ms: Option<i64>,
-    device: &str,
+    key: &str,
     range: &Range,
-) -> SensorWindows {
+    speed_key: impl Fn(i64) -> String,
+) -> (Vec<W>, BatchInfo, Vec<String>) {
     let mut degraded = Vec::new();
     let mut windows = Vec::new();
-    let batch = batch_rows(pg, SENSOR_SQL, device, range).await;
-    let (info, speed_from) = match batch {
+    let none = BatchInfo {
+        version: None,
+        cutoff: None,
+    };
+    let (info, speed_from) = match batch_rows(pg, W::SQL, key, range).await {
         Ok(Some((version, cutoff, rows))) => {
-            for r in rows {
-                let count = r.get::<_, i64>(2) as u64;
-                let start_ms: i64 = r.get(0);
-                windows.push(SensorWindow {
-                    start: rfc3339(start_ms),
-                    end: rfc3339(r.get(1)),
-                    start_ms,
-                    count,
-                    temperature_c: Measure::new(r.get(3), r.get(4), r.get(5), count),
-                    vibration_mm_s: Measure::new(r.get(6), r.get(7), r.get(8), count),
-                    source: Source::Batch,
-                });
-            }
-            let from = cutoff.map_or(range.from_ms, |c| c.max(range.from_ms));
+            windows.extend(rows.iter().map(W::from_row));
             (
                 BatchInfo {
                     version: Some(version),
                     cutoff: cutoff.map(rfc3339),
                 },
-                from,
+                cutoff.map_or(range.from_ms, |c| c.max(range.from_ms)),
             )
         }
-        Ok(None) => (
-            BatchInfo {
-                version: None,
-                cutoff: None,
-            },
-            range.from_ms,
-        ),
+        Ok(None) => (none, range.from_ms),
         Err(e) => {
             tracing::warn!(error = %e, "batch views unreachable");
             degraded.push("batch".to_owned());
-            (
-                BatchInfo {
-                    version: None,
-                    cutoff: None,
-                },
-                range.from_ms,
-            )
+            (none, range.from_ms)
         }
     };
     let starts: Vec<i64> = minutes(speed_from, range.to_ms).collect();
     if !starts.is_empty() {
         let mut pipe = redis::pipe();
         for s in &starts {
-            pipe.cmd("HGET")
-                .arg(keys.sensor_windows(SensorView::OneMinute, *s))
-                .arg(device);
+            pipe.cmd("HGET").arg(speed_key(*s)).arg(key);
         }
         match redis.query::<Vec<Option<String>>>(&pipe).await {
             Ok(values) => {
                 for v in values.into_iter().flatten() {
-                    match serde_json::from_str::<StoredSensor>(&v) {
-                        Ok(s) => windows.push(SensorWindow {
-                            start: rfc3339(s.start),
-                            end: rfc3339(s.end),
-                            start_ms: s.start,
-                            count: s.count,
-                            temperature_c: Measure::new(s.t_min, s.t_max, s.t_sum, s.count),
-                            vibration_mm_s: Measure::new(s.v_min, s.v_max, s.v_sum, s.count),
-                            source: Source::Speed,
-                        }),
+                    match W::from_speed(&v) {
+                        Ok(w) => windows.push(w),
                         Err(e) => {
-                            tracing::warn!(error = %e, device, "unreadable speed window");
+                            tracing::warn!(error = %e, key, "unreadable speed window");
                             if !degraded.iter().any(|d| d == "speed") {
                                 degraded.push("speed".to_owned());
                             }
@@ -300,11 +352,26 @@ pub async fn sensor_windows(
             }
         }
     }
-    windows.sort_by_key(|w| w.start_ms);
+    windows.sort_by_key(W::start_ms);
+    (windows, info, degraded)
+}
+
+pub async fn sensor_windows(
+    pg: &Postgres,
+    redis: &Redis,
+    keys: &Keys,
+    freshness_ms: Option<i64>,
+    device: &str,
+    range: &Range,
+) -> SensorWindows {
+    let (windows, batch, degraded) = merge(pg, redis, device, range, |s| {
+        keys.sensor_windows(SensorView::OneMinute, s)
+    })
+    .await;
     SensorWindows {
         device_id: device.to_owned(),
         windows,
-        batch: info,
+        batch,
         speed: SpeedInfo { freshness_ms },
         degraded,
     }
@@ -318,95 +385,11 @@ pub async fn card_windows(
     card: &str,
     range: &Range,
 ) -> CardWindows {
-    let mut degraded = Vec::new();
-    let mut windows = Vec::new();
-    let batch = batch_rows(pg, CARD_SQL, card, range).await;
-    let cents = |c: i64| c as f64 / 100.0;
-    let (info, speed_from) = match batch {
-        Ok(Some((version, cutoff, rows))) => {
-            for r in rows {
-                let start_ms: i64 = r.get(0);
-                windows.push(CardWindow {
-                    start: rfc3339(start_ms),
-                    end: rfc3339(r.get(1)),
-                    start_ms,
-                    count: r.get::<_, i64>(2) as u64,
-                    amount: Amount {
-                        sum: cents(r.get(3)),
-                        max: cents(r.get(4)),
-                    },
-                    source: Source::Batch,
-                });
-            }
-            let from = cutoff.map_or(range.from_ms, |c| c.max(range.from_ms));
-            (
-                BatchInfo {
-                    version: Some(version),
-                    cutoff: cutoff.map(rfc3339),
-                },
-                from,
-            )
-        }
-        Ok(None) => (
-            BatchInfo {
-                version: None,
-                cutoff: None,
-            },
-            range.from_ms,
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "batch views unreachable");
-            degraded.push("batch".to_owned());
-            (
-                BatchInfo {
-                    version: None,
-                    cutoff: None,
-                },
-                range.from_ms,
-            )
-        }
-    };
-    let starts: Vec<i64> = minutes(speed_from, range.to_ms).collect();
-    if !starts.is_empty() {
-        let mut pipe = redis::pipe();
-        for s in &starts {
-            pipe.cmd("HGET").arg(keys.card_windows(*s)).arg(card);
-        }
-        match redis.query::<Vec<Option<String>>>(&pipe).await {
-            Ok(values) => {
-                for v in values.into_iter().flatten() {
-                    match serde_json::from_str::<StoredCard>(&v) {
-                        Ok(s) => windows.push(CardWindow {
-                            start: rfc3339(s.start),
-                            end: rfc3339(s.end),
-                            start_ms: s.start,
-                            count: s.count,
-                            amount: Amount {
-                                sum: cents(s.amount_sum),
-                                max: cents(s.amount_max),
-                            },
-                            source: Source::Speed,
-                        }),
-                        Err(e) => {
-                            tracing::warn!(error = %e, card, "unreadable speed window");
-                            if !degraded.iter().any(|d| d == "speed") {
-                                degraded.push("speed".to_owned());
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "speed views unreachable");
-                degraded.push("speed".to_owned());
-            }
-        }
-    }
-    windows.sort_by_key(|w| w.start_ms);
+    let (windows, batch, degraded) = merge(pg, redis, card, range, |s| keys.card_windows(s)).await;
     CardWindows {
         card_id: card.to_owned(),
         windows,
-        batch: info,
+        batch,
         speed: SpeedInfo { freshness_ms },
         degraded,
     }
