@@ -519,8 +519,38 @@ async fn a_store_outage_is_reported_not_hidden() {
     let from = rfc3339(now_ms() - 30 * 60_000);
     let to = rfc3339(now_ms());
 
+    // c1's newest payment, as the speed layer scored it
+    let newest_c1 = s
+        .payments
+        .iter()
+        .filter(|p| p.card_id.as_str() == "c1")
+        .max_by_key(|p| p.ts.millis())
+        .expect("payments of c1")
+        .event_id
+        .as_str()
+        .to_owned();
+
     // Redis down (nothing listens on port 1)
-    let (base, token) = serve(&url, "redis://127.0.0.1:1", &s.prefix).await;
+    let (base, token) = serve_topics(
+        &url,
+        "redis://127.0.0.1:1",
+        &s.prefix,
+        &s.sensor,
+        &s.payment,
+    )
+    .await;
+    let (status, body) = get(&http, &format!("{base}/v1/lambda/cards/c1/risk")).await;
+    assert_eq!(status, 200, "{body}");
+    check_openapi(&http, &base, "/v1/lambda/cards/{card_id}/risk", 200, &body).await;
+    assert_eq!(body["degraded"], json!(["speed"]));
+    assert_eq!(body["latest_score"], Value::Null);
+    let c1_payments: std::collections::BTreeSet<&str> = s
+        .payments
+        .iter()
+        .filter(|p| p.card_id.as_str() == "c1")
+        .map(|p| p.event_id.as_str())
+        .collect();
+    assert_eq!(body["profile"]["payments"], c1_payments.len(), "{body}");
     let (status, body) = get(
         &http,
         &format!("{base}/v1/lambda/sensors/d1/windows?from={from}&to={to}"),
@@ -569,7 +599,18 @@ async fn a_store_outage_is_reported_not_hidden() {
 
     // Postgres down
     let bad_pg = "postgres://lambdalake:lambdalake@127.0.0.1:1/lambdalake";
-    let (base, token) = serve(bad_pg, &redis_url(), &s.prefix).await;
+    let (base, token) = serve_topics(bad_pg, &redis_url(), &s.prefix, &s.sensor, &s.payment).await;
+    let (status, body) = get(&http, &format!("{base}/v1/lambda/cards/c1/risk")).await;
+    assert_eq!(status, 200, "{body}");
+    check_openapi(&http, &base, "/v1/lambda/cards/{card_id}/risk", 200, &body).await;
+    assert_eq!(body["degraded"], json!(["batch"]));
+    assert_eq!(body["profile"], Value::Null);
+    assert_eq!(body["model"], Value::Null);
+    assert_eq!(
+        body["latest_score"]["event_id"],
+        newest_c1.as_str(),
+        "{body}"
+    );
     let (status, body) = get(
         &http,
         &format!("{base}/v1/lambda/sensors/d1/windows?from={from}&to={to}"),
@@ -590,6 +631,147 @@ async fn a_store_outage_is_reported_not_hidden() {
     assert_eq!(got_sensor(&body), want);
     token.cancel();
     let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
+
+/// `/risk`: the card's profile and the model of the latest batch version, and the speed layer's
+/// score of the card's newest payment — computed with that model and profile, as checked here
+/// with the shared functions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cards_risk_joins_the_batch_profile_and_model_with_the_speed_layers_latest_score() {
+    use lambdalake_batch::archiver::append;
+    use lambdalake_batch::dataset::{Dataset, Kind};
+    use lambdalake_events::Payment;
+    use lambdalake_views::fraud::{self, CardProfile, Seen};
+
+    let mut s = Setup::new();
+    let url = crate::batch::fresh_database().await;
+    let dir = std::env::temp_dir().join(unique("ll-master"));
+    let dataset = Dataset::open(&dir).unwrap();
+    let (history, labels) = lambdalake_batch::testing::fraud_history(7, 60, 40);
+    let numbered = |records: Vec<Vec<u8>>| -> Vec<(i64, Option<i64>, Vec<u8>)> {
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i as i64, None, r))
+            .collect()
+    };
+    append(&dataset, "p", 0, Kind::Payment, numbered(history)).unwrap();
+    append(&dataset, "l", 0, Kind::FraudLabel, numbered(labels)).unwrap();
+    let config = crate::batch::config_for(&dir, &url, &s.prefix, &["--model-min-frauds", "10"]);
+    let run = lambdalake_batch::run_once(&config).await.expect("run");
+    let trained = run.model.clone().expect("a model is trained");
+    // the speed layer starts after the publication: it scores with the model and the profiles
+    let _guard = Kill(vec![s.spawn(&[])]);
+    // c4 lives in Germany (fraud_history); its newest payment is a large one in Brazil, sent
+    // before an older one (out of order: the newest by event time is the one shown)
+    let t = now_ms() - 120_000;
+    let sent = [
+        payment_json("r1", "c4", t, 5_000, "m1", 5411, "DE", 52.52, 13.40),
+        payment_json(
+            "r3",
+            "c4",
+            t + 40_000,
+            900_000,
+            "m2",
+            7995,
+            "BR",
+            -23.55,
+            -46.63,
+        ),
+        payment_json(
+            "r2",
+            "c4",
+            t + 20_000,
+            7_000,
+            "m1",
+            5411,
+            "DE",
+            52.52,
+            13.40,
+        ),
+    ];
+    s.send_payments(&sent).await;
+    s.wait_applied(Duration::from_secs(60));
+
+    let (base, token) = serve_topics(&url, &redis_url(), &s.prefix, &s.sensor, &s.payment).await;
+    let http = reqwest::Client::new();
+    let (status, body) = get(&http, &format!("{base}/v1/lambda/cards/c4/risk")).await;
+    assert_eq!(status, 200, "{body}");
+    check_openapi(&http, &base, "/v1/lambda/cards/{card_id}/risk", 200, &body).await;
+    assert_eq!(body["card_id"], "c4");
+    assert_eq!(body["degraded"], json!([]));
+    assert_eq!(body["batch"]["version"], run.version);
+
+    // the profile: version 1's row
+    let client = lambdalake_batch::connect(&url).await.unwrap();
+    let row = client
+        .query_one(
+            "select payments, amount_mean_cents, amount_std_cents, home_country, countries, mccs,
+                    active_hours
+             from card_profiles where version = 1 and card_id = 'c4'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let profile = CardProfile {
+        amount_mean_cents: row.get(1),
+        amount_std_cents: row.get(2),
+        home_country: row.get(3),
+        countries: row.get(4),
+    };
+    assert_eq!(profile.home_country, "DE");
+    let p = &body["profile"];
+    assert_eq!(p["payments"], row.get::<_, i64>(0));
+    assert_eq!(p["amount_mean"], profile.amount_mean_cents / 100.0);
+    assert_eq!(p["amount_std"], profile.amount_std_cents / 100.0);
+    assert_eq!(p["home_country"], "DE");
+    assert_eq!(p["countries"], json!(profile.countries));
+    assert_eq!(p["mccs"], json!(row.get::<_, Vec<i32>>(5)));
+    assert_eq!(p["active_hours"], json!(row.get::<_, Vec<i16>>(6)));
+
+    // the model
+    let m = &body["model"];
+    assert_eq!(m["name"], "batch-v1");
+    assert_eq!(m["trained_on"], trained.trained_on);
+    assert_eq!(m["held_out"], trained.held_out);
+    assert_eq!(m["auc"], json!(trained.auc));
+    assert_eq!(m["precision"], json!(trained.precision));
+    assert_eq!(m["recall"], json!(trained.recall));
+
+    // the latest score: r3, scored by the model with c4's profile and the history it had when
+    // it was applied (r1: r2 came after it in the partition)
+    let parse = |j: &str| Payment::from_json(j.as_bytes(), &Policy::stored()).unwrap();
+    let (r1, r3) = (parse(&sent[0]), parse(&sent[1]));
+    let features = fraud::features(&r3, &[Seen::from(&r1)], Some(&profile));
+    let want = fraud::score(&features, Some(&trained.model));
+    let l = &body["latest_score"];
+    assert_eq!(l["event_id"], "r3", "{body}");
+    assert_eq!(l["txn_id"], "t-r3");
+    assert_eq!(l["ts"], rfc3339(t + 40_000));
+    assert_eq!(l["model_version"], "batch-v1");
+    assert_eq!(want.by, "batch-v1");
+    let got = l["score"].as_f64().unwrap();
+    assert!((got - want.value).abs() < 1e-12, "{got} vs {}", want.value);
+    assert_eq!(l["features"]["recent_count"], 2);
+    assert_eq!(l["features"]["new_country"], true);
+    assert!(
+        l["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("new_country")),
+        "{body}"
+    );
+    assert!(body["speed"]["freshness_ms"].as_i64().is_some());
+
+    // a card nobody knows: nothing, and said so by nulls, not an error
+    let (status, body) = get(&http, &format!("{base}/v1/lambda/cards/nobody/risk")).await;
+    assert_eq!(status, 200, "{body}");
+    check_openapi(&http, &base, "/v1/lambda/cards/{card_id}/risk", 200, &body).await;
+    assert_eq!(body["profile"], Value::Null);
+    assert_eq!(body["latest_score"], Value::Null);
+    assert_eq!(body["model"]["name"], "batch-v1");
+    token.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -625,12 +807,19 @@ async fn bad_queries_get_a_precise_400() {
         ("/v1/lambda/cards/%20c1/windows".to_owned(), "card_id"),
         ("/v1/alerts?limit=0".to_owned(), "limit"),
         ("/v1/alerts?since=soon".to_owned(), "since"),
+        (format!("/v1/lambda/cards/{long}/risk"), "card_id"),
+        (
+            "/v1/lambda/cards/c1/risk?as_of=2026-01-01T00:00:00Z".to_owned(),
+            "unknown query parameter(s): as_of",
+        ),
     ];
     for (path, expect) in cases {
         let (status, body) = get(&http, &format!("{base}{path}")).await;
         assert_eq!(status, 400, "{path}: {body}");
         let documented = if path.starts_with("/v1/alerts") {
             "/v1/alerts"
+        } else if path.ends_with("/risk") || path.contains("/risk?") {
+            "/v1/lambda/cards/{card_id}/risk"
         } else if path.starts_with("/v1/lambda/cards") {
             "/v1/lambda/cards/{card_id}/windows"
         } else {

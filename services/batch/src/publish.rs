@@ -111,10 +111,7 @@ pub struct TrainedModel {
     pub auc: Option<f64>,
 }
 
-/// The name of the fraud model of batch version `version` (what a score's `by` says).
-pub fn model_name(version: i64) -> String {
-    format!("batch-v{version}")
-}
+pub use lambdalake_views::fraud::model_name;
 
 /// What a publication wrote.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 mod config;
 pub mod metrics;
 pub mod overview;
+pub mod risk;
 pub mod stores;
 pub mod windows;
 
@@ -36,6 +37,8 @@ pub struct State {
     pg: Postgres,
     redis: Redis,
     keys: Keys,
+    /// The payments topic (its partitions' card states hold the latest scores).
+    payments_topic: String,
     max_range: Duration,
     /// (read at, value): the speed layer's freshness, read at most every 500 ms.
     freshness: Mutex<Option<(Instant, Option<i64>)>>,
@@ -54,7 +57,7 @@ impl State {
         {
             return v;
         }
-        let parts = self.partition_keys().await;
+        let parts = self.partition_keys().await.unwrap_or_default();
         let value = if parts.is_empty() {
             None
         } else {
@@ -76,11 +79,11 @@ impl State {
 
 impl State {
     /// The keys of `{p}:speed:part:*` (SCAN, never KEYS: Redis keeps serving meanwhile).
-    async fn partition_keys(&self) -> Vec<String> {
+    async fn partition_keys(&self) -> Result<Vec<String>, stores::StoreError> {
         if let Some((at, keys)) = &*self.partitions.lock().unwrap_or_else(|e| e.into_inner())
             && at.elapsed() < Duration::from_secs(30)
         {
-            return keys.clone();
+            return Ok(keys.clone());
         }
         let pattern = format!("{}:speed:part:*", self.keys.prefix());
         let mut keys = Vec::new();
@@ -93,15 +96,11 @@ impl State {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000);
-            match self.redis.query::<((u64, Vec<String>),)>(&scan).await {
-                Ok(((next, found),)) => {
-                    keys.extend(found);
-                    cursor = next;
-                    if cursor == 0 {
-                        break;
-                    }
-                }
-                Err(_) => return Vec::new(),
+            let ((next, found),) = self.redis.query::<((u64, Vec<String>),)>(&scan).await?;
+            keys.extend(found);
+            cursor = next;
+            if cursor == 0 {
+                break;
             }
         }
         // none yet (the speed layer has not applied anything): look again next time
@@ -109,7 +108,7 @@ impl State {
             *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((Instant::now(), keys.clone()));
         }
-        keys
+        Ok(keys)
     }
 }
 
@@ -144,10 +143,18 @@ pub struct AlertsBody {
         title = "lambdalake serving API",
         description = "One query API over the Lambda architecture's batch (Postgres) and speed (Redis) views."
     ),
-    paths(sensor_windows, card_windows, alerts, get_overview, lakehouse_reserved),
+    paths(
+        sensor_windows,
+        card_windows,
+        card_risk,
+        alerts,
+        get_overview,
+        lakehouse_reserved
+    ),
     components(schemas(
         windows::SensorWindows,
         windows::CardWindows,
+        risk::Risk,
         overview::Overview,
         AlertsBody,
         ErrorBody
@@ -291,6 +298,39 @@ async fn card_windows(
     HttpResponse::Ok().json(body)
 }
 
+/// A card's fraud risk: its profile and the model of the latest batch version, the score of its
+/// newest payment in the speed layer.
+#[utoipa::path(
+    get,
+    path = "/v1/lambda/cards/{card_id}/risk",
+    params(("card_id" = String, Path, description = "The card (event id rules)")),
+    responses(
+        (status = 200, description = "What each layer knows of the card", body = risk::Risk),
+        (status = 400, description = "A bad id or parameter", body = ErrorBody),
+    )
+)]
+async fn card_risk(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let card = path.into_inner();
+    if let Err(m) = check_id("card_id", &card) {
+        return bad_request(m);
+    }
+    if !query.is_empty() {
+        let mut names: Vec<&str> = query.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        return bad_request(format!(
+            "unknown query parameter(s): {} (this endpoint takes none)",
+            names.join(", ")
+        ));
+    }
+    let body = risk::risk(&state, &card).await;
+    metrics::degraded(&body.degraded);
+    HttpResponse::Ok().json(body)
+}
+
 /// `GET /v1/alerts?since=…&limit=…`: the speed layer's recent alerts (fraud and sensor), newest
 /// event time first; `since` (RFC 3339) keeps alerts of events at or after it; `limit` 1 … 1000,
 /// default 100.
@@ -421,6 +461,7 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/v1/lambda/cards/{card_id}/windows",
                 web::get().to(card_windows),
             )
+            .route("/v1/lambda/cards/{card_id}/risk", web::get().to(card_risk))
             .route("/v1/alerts", web::get().to(alerts))
             .route("/v1/overview", web::get().to(get_overview))
             .route("/", web::get().to(dashboard))
@@ -469,6 +510,7 @@ impl Application {
             pg,
             redis,
             keys: Keys::new(config.key_prefix.clone()),
+            payments_topic: config.topics.payments.clone(),
             max_range: config.max_range,
             freshness: Mutex::new(None),
             partitions: Mutex::new(None),

@@ -143,21 +143,9 @@ async fn batch_rows(
     range: &Range,
 ) -> Result<Option<(i64, Option<i64>, Vec<tokio_postgres::Row>)>, StoreError> {
     for _ in 0..3 {
-        let run = match pg
-            .with(|c| async move {
-                c.query_opt(
-                    "select version, cutoff_ms from batch_runs order by version desc limit 1",
-                    &[],
-                )
-                .await
-            })
-            .await
-        {
-            Err(StoreError::NoBatchSchema) => return Ok(None),
-            other => other?,
+        let Some((version, cutoff)) = latest_run(pg).await? else {
+            return Ok(None);
         };
-        let Some(run) = run else { return Ok(None) };
-        let (version, cutoff): (i64, Option<i64>) = (run.get(0), run.get(1));
         let Some(c) = cutoff else {
             return Ok(Some((version, None, Vec::new())));
         };
@@ -166,22 +154,46 @@ async fn batch_rows(
         let rows = pg
             .with(|cl| async move { cl.query(sql, &[&version, &key, &from, &to, &c]).await })
             .await?;
-        if rows.is_empty() {
-            let still = pg
-                .with(|cl| async move {
-                    cl.query_opt("select 1 from batch_runs where version = $1", &[&version])
-                        .await
-                })
-                .await?;
-            if still.is_none() {
-                continue;
-            }
+        if rows.is_empty() && !version_exists(pg, version).await? {
+            continue;
         }
         return Ok(Some((version, cutoff, rows)));
     }
-    Err(StoreError::Postgres(
-        "batch versions were replaced faster than they could be read".to_owned(),
-    ))
+    Err(replaced())
+}
+
+/// The latest batch version and its cutoff (`None`: none published, or no batch tables yet).
+pub(crate) async fn latest_run(pg: &Postgres) -> Result<Option<(i64, Option<i64>)>, StoreError> {
+    let run = match pg
+        .with(|c| async move {
+            c.query_opt(
+                "select version, cutoff_ms from batch_runs order by version desc limit 1",
+                &[],
+            )
+            .await
+        })
+        .await
+    {
+        Err(StoreError::NoBatchSchema) => return Ok(None),
+        other => other?,
+    };
+    Ok(run.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Whether version `v` is still published (a reader that found no rows checks it was not
+/// dropped meanwhile).
+pub(crate) async fn version_exists(pg: &Postgres, v: i64) -> Result<bool, StoreError> {
+    let still = pg
+        .with(|cl| async move {
+            cl.query_opt("select 1 from batch_runs where version = $1", &[&v])
+                .await
+        })
+        .await?;
+    Ok(still.is_some())
+}
+
+pub(crate) fn replaced() -> StoreError {
+    StoreError::Postgres("batch versions were replaced faster than they could be read".to_owned())
 }
 
 /// Window starts from `from` (inclusive) to `to` (exclusive), by minute.

@@ -18,7 +18,7 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use lambdalake_events::{Payment, SensorReading};
 use lambdalake_views::fraud::{self, CardProfile, DeviceBaseline, Features, Model, Seen};
-use lambdalake_views::keys::SensorView;
+use lambdalake_views::keys::{LatestScore, SensorView};
 use lambdalake_views::{CardAgg, SensorAgg, SessionAggs, Sessions, Window, WindowSpec};
 use serde::Serialize;
 
@@ -57,11 +57,13 @@ pub struct PartCache {
 }
 
 /// What the speed layer remembers of a card between batches (and stores, to read it back after
-/// a restart): its sessions that can still grow and its recent payments.
+/// a restart): its sessions that can still grow, its recent payments, and the score of its
+/// newest payment (what the serving layer's risk endpoint shows).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CardMemory {
     pub sessions: Vec<(Window, CardAgg)>,
     pub history: History,
+    pub last: Option<LatestScore>,
 }
 
 #[derive(serde::Deserialize)]
@@ -69,11 +71,14 @@ struct StoredMemory {
     /// `[[ts, lat, lon, event_id], …]`
     history: Vec<(i64, f64, f64, String)>,
     sessions: Vec<lambdalake_views::keys::StoredCard>,
+    /// Absent in states stored before it existed.
+    #[serde(default)]
+    last: Option<LatestScore>,
 }
 
 impl CardMemory {
-    /// `{"history": [[ts, lat, lon, event_id], …], "sessions": [StoredCard, …]}`, written from
-    /// borrowed parts.
+    /// `{"history": [[ts, lat, lon, event_id], …], "sessions": [StoredCard, …], "last":
+    /// LatestScore | null}`, written from borrowed parts.
     pub fn to_json(&self) -> String {
         let history: Vec<(i64, f64, f64, &str)> = self
             .history
@@ -90,7 +95,9 @@ impl CardMemory {
             }
             out.push_str(&lambdalake_views::keys::StoredCard::json(*w, a));
         }
-        out.push_str("]}");
+        out.push_str("],\"last\":");
+        out.push_str(&serde_json::to_string(&self.last).unwrap_or_else(|_| "null".to_owned()));
+        out.push('}');
         out
     }
 
@@ -104,6 +111,7 @@ impl CardMemory {
                     .map(|(ts_ms, lat, lon, id)| (Seen { ts_ms, lat, lon }, id))
                     .collect(),
                 sessions: m.sessions.iter().map(|s| (s.window(), s.agg())).collect(),
+                last: m.last,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring an unreadable stored card state");
@@ -304,6 +312,8 @@ impl PartCache {
         let mut history: FastMap<&str, History> = FastMap::default();
         // the same history without ids, as `fraud::features` takes it
         let mut seen: FastMap<&str, Vec<Seen>> = FastMap::default();
+        // per card: the score of its newest payment so far
+        let mut last: FastMap<&str, Option<LatestScore>> = FastMap::default();
         let mut order: Vec<&str> = Vec::new();
         for p in payments {
             let card = p.card_id.as_str();
@@ -361,6 +371,23 @@ impl PartCache {
             let profile = reference.profiles.get(card).and_then(Option::as_ref);
             let features = fraud::features(p, card_seen, profile);
             let score = fraud::score(&features, reference.model);
+            let reasons = fraud_reasons(&features);
+            let card_last = last
+                .entry(card)
+                .or_insert_with(|| self.card_memory.get(card).and_then(|m| m.last.clone()));
+            // the newest payment by event time (a tie goes to the later offset)
+            if card_last.as_ref().is_none_or(|l| ts >= l.ts) {
+                *card_last = Some(LatestScore {
+                    ts,
+                    event_id: p.event_id.as_str().to_owned(),
+                    txn_id: p.txn_id.as_str().to_owned(),
+                    score: score.value,
+                    model_version: score.by.clone(),
+                    reasons: reasons.clone(),
+                    features,
+                    scored_at_ms: reference.now_ms,
+                });
+            }
             if score.value >= reference.fraud_threshold {
                 plan.alerts.push(Alert {
                     alert_id: format!("fraud:{}", p.event_id.as_str()),
@@ -370,7 +397,7 @@ impl PartCache {
                     detected_at_ms: reference.now_ms,
                     score: Some(score.value),
                     model_version: score.by,
-                    reasons: fraud_reasons(&features),
+                    reasons,
                     features: serde_json::to_value(features).unwrap_or_default(),
                     event: serde_json::to_value(p).unwrap_or_default(),
                 });
@@ -415,6 +442,7 @@ impl PartCache {
                 CardMemory {
                     sessions: all,
                     history: h,
+                    last: last.remove(card).flatten(),
                 },
             ));
         }
@@ -596,6 +624,7 @@ mod tests {
             CardMemory {
                 sessions: Vec::new(),
                 history: vec![(paris, "e1".to_owned())],
+                last: None,
             },
         );
         // New York five minutes later
@@ -606,9 +635,39 @@ mod tests {
         assert_eq!(plan.alerts[0].reasons, ["impossible_travel"]);
         assert_eq!(plan.alerts[0].model_version, "rules");
         assert_eq!(plan.card_memory[0].1.history.len(), 2);
+        let last = plan.card_memory[0].1.last.as_ref().unwrap();
+        assert_eq!((last.event_id.as_str(), last.ts), ("e2", t0 + 300_000));
+        assert_eq!(last.score, plan.alerts[0].score.unwrap());
+        assert_eq!(last.reasons, ["impossible_travel"]);
         // without the history, no alert
         let plan = PartCache::new(None).plan_payments(&[&ny], 600_000, &reference(&p, &b));
         assert!(plan.alerts.is_empty());
+    }
+
+    #[test]
+    fn the_latest_score_is_the_newest_payments_and_a_late_payment_keeps_it() {
+        let (p, b) = (HashMap::new(), HashMap::new());
+        let t0 = 1_764_064_800_000;
+        let mut cache = PartCache::new(None);
+        let newer = payment("e2", "c", t0 + 60_000, 0.0, 0.0);
+        let older = payment("e1", "c", t0, 0.0, 0.0);
+        // out of order within a batch
+        let plan = cache.plan_payments(&[&newer, &older], 600_000, &reference(&p, &b));
+        assert_eq!(plan.card_memory[0].1.last.as_ref().unwrap().event_id, "e2");
+        cache.commit(plan, None, 3_600_000);
+        // and across batches
+        let late = payment("e0", "c", t0 - 60_000, 0.0, 0.0);
+        let plan = cache.plan_payments(&[&late], 600_000, &reference(&p, &b));
+        assert_eq!(plan.card_memory[0].1.last.as_ref().unwrap().event_id, "e2");
+        cache.commit(plan, None, 3_600_000);
+        let next = payment("e3", "c", t0 + 120_000, 0.0, 0.0);
+        let plan = cache.plan_payments(&[&next], 600_000, &reference(&p, &b));
+        let last = plan.card_memory[0].1.last.as_ref().unwrap();
+        assert_eq!(
+            (last.event_id.as_str(), last.model_version.as_str()),
+            ("e3", "rules")
+        );
+        assert_eq!(last.features.recent_count, 4);
     }
 
     #[test]
@@ -658,8 +717,27 @@ mod tests {
                 },
                 "a|b\"c".to_owned(),
             )],
+            last: Some(LatestScore {
+                ts: 1_764_064_800_123,
+                event_id: "a|b\"c".to_owned(),
+                txn_id: "t".to_owned(),
+                score: 0.125,
+                model_version: "batch-v3".to_owned(),
+                reasons: vec!["new_country".to_owned()],
+                features: Features {
+                    amount_z: -0.5,
+                    recent_count: 2,
+                    travel_kmh: 12.25,
+                    new_country: true,
+                    mcc_risk: 0.1,
+                },
+                scored_at_ms: 1_764_064_801_000,
+            }),
         };
         assert_eq!(CardMemory::from_json(&m.to_json()), m);
+        // a state stored before `last` existed
+        let old = r#"{"history":[],"sessions":[]}"#;
+        assert_eq!(CardMemory::from_json(old), CardMemory::default());
         assert_eq!(CardMemory::from_json("garbage"), CardMemory::default());
     }
 }

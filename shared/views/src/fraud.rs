@@ -45,8 +45,13 @@ pub struct CardProfile {
     pub countries: Vec<String>,
 }
 
+/// The name of batch version `version`'s model, as scores carry it in `model_version`.
+pub fn model_name(version: i64) -> String {
+    format!("batch-v{version}")
+}
+
 /// The inputs of the fraud score, in the order of [`Model::weights`].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Features {
     /// (amount − card mean) / card std; 0 without a profile or with a zero std.
     pub amount_z: f64,

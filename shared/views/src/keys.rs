@@ -13,7 +13,7 @@
 //! | `{p}:v:sensor:{view}:{start}` | hash | field `{device}` → [`StoredSensor`], `view` = `1m` or `5m1m` |
 //! | `{p}:v:card:1m:{start}` | hash | field `{card}` → [`StoredCard`] |
 //! | `{p}:v:card:session:{minute_ms}` | hash | field `{card}` → [`StoredCard`]: the card's session starting in the minute that starts at `minute_ms` (sessions are 30 min apart, so one per card) |
-//! | `{p}:speed:cards:{topic}:{partition}` | hash | field `{card}` → the speed layer's state of a card: its recent payments (fraud history) and open sessions, read back on assignment |
+//! | `{p}:speed:cards:{topic}:{partition}` | hash | field `{card}` → the speed layer's state of a card: its recent payments (fraud history), open sessions and the score of its newest payment (`"last"`: [`LatestScore`]), read back on assignment; the serving layer's risk endpoint reads `last` |
 //! | `{p}:speed:part:{topic}:{partition}` | hash | `offset` (next to apply), `max_ts`, `watermark`, `updated_ms` |
 //! | `{p}:speed:seen:{topic}:{partition}:{n}` | string | event ids applied with an event time in minute `n` (= ts ÷ 60,000), each followed by `\n` (dedupe) |
 //! | `{p}:speed:seen:{topic}:{partition}` | zset | the minutes that have a dedupe string |
@@ -183,6 +183,26 @@ pub struct StoredCard {
     pub amount_max: i64,
     pub merchants: Vec<String>,
     pub countries: Vec<String>,
+}
+
+/// The fraud score of a card's newest payment (by event time) the speed layer applied, kept in
+/// the card's state (`"last"`) until the card is forgotten (no open session, history older
+/// than the view TTL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatestScore {
+    /// The payment's event time, epoch ms.
+    pub ts: i64,
+    pub event_id: String,
+    pub txn_id: String,
+    /// The fraud probability, 0 … 1.
+    pub score: f64,
+    /// `batch-vN` (the batch layer's model) or `rules` (no model yet).
+    pub model_version: String,
+    /// The rules that fired (they explain the score, also when a model scored it).
+    pub reasons: Vec<String>,
+    pub features: crate::fraud::Features,
+    /// When the speed layer scored it, epoch ms.
+    pub scored_at_ms: i64,
 }
 
 /// A sum too large for the stored 64-bit form (not reachable with the validated ranges).
