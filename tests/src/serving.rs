@@ -224,6 +224,23 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, r.json().await.expect("a JSON body"))
 }
 
+/// The value of one series in a `/metrics` page.
+async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
+    let page = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics: {page}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_version_switches() {
     let mut s = Setup::new();
@@ -433,12 +450,21 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
     for _ in 0..2 {
         lambdalake_batch::run_once(&config).await.expect("run");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // serving reads the latest version again after LAMBDALAKE_SERVING_VERSION_TTL (250 ms)
+    tokio::time::sleep(Duration::from_millis(600)).await;
     stop.store(true, std::sync::atomic::Ordering::Release);
     for r in readers {
         let versions = r.await.expect("reader");
         assert!(versions.contains(&(v2.version + 2)), "{versions:?}");
     }
+    // the readers' repeated queries were answered from the batch-window cache (and were exact)
+    let hits = metric(
+        &http,
+        &base,
+        r#"lambdalake_serving_batch_cache_total{result="hit"}"#,
+    )
+    .await;
+    assert!(hits > 0.0, "no cache hit");
     // the overview: everything produced is counted, and both layers caught up with it
     let produced: i64 = s.ends.values().sum();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -51,6 +51,21 @@ pub struct Config {
     #[arg(long, env = "LAMBDALAKE_SERVING_STORE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
     pub store_timeout: Duration,
 
+    /// How long the latest batch version read from Postgres is reused: a new version is served
+    /// at most this long after it is published (an older one is still a whole version, merged
+    /// on its own cutoff).
+    #[arg(long, env = "LAMBDALAKE_SERVING_VERSION_TTL", value_parser = humantime::parse_duration, default_value = "250ms")]
+    pub version_ttl: Duration,
+
+    /// Batch windows kept in memory, over all cached answers (a published version never
+    /// changes, so a cached answer is exact); 0 turns the cache off.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_SERVING_CACHE_WINDOWS",
+        default_value = "200000"
+    )]
+    pub cache_windows: usize,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "LAMBDALAKE_SERVING_WORKERS")]
     pub workers: Option<std::num::NonZeroUsize>,

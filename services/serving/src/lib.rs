@@ -2,6 +2,7 @@
 //! and the speed views (Redis) on the latest batch version's cutoff ([`windows`]);
 //! `docs/serving.md` documents the API.
 
+pub mod cache;
 mod config;
 pub mod metrics;
 pub mod overview;
@@ -44,6 +45,11 @@ pub struct State {
     freshness: Mutex<Option<(Instant, Option<i64>)>>,
     /// (listed at, keys): the speed layer's partition-state keys, listed at most every 30 s.
     partitions: Mutex<Option<(Instant, Vec<String>)>>,
+    /// The latest batch version, read at most every `LAMBDALAKE_SERVING_VERSION_TTL`.
+    runs: cache::LatestRun,
+    /// Batch windows by (version, key, range): a published version never changes.
+    sensor_cache: cache::WindowCache<windows::SensorWindow>,
+    card_cache: cache::WindowCache<windows::CardWindow>,
     /// The event topics' high watermarks, polled every second.
     watermarks: std::sync::Arc<Mutex<overview::Watermarks>>,
 }
@@ -246,15 +252,7 @@ async fn sensor_windows(
             Err(m) => return bad_request(m),
         };
     let freshness = state.speed_freshness().await;
-    let body = windows::sensor_windows(
-        &state.pg,
-        &state.redis,
-        &state.keys,
-        freshness,
-        &device,
-        &range,
-    )
-    .await;
+    let body = windows::sensor_windows(&state, freshness, &device, &range).await;
     metrics::degraded(&body.degraded);
     HttpResponse::Ok().json(body)
 }
@@ -285,15 +283,7 @@ async fn card_windows(
         Err(m) => return bad_request(m),
     };
     let freshness = state.speed_freshness().await;
-    let body = windows::card_windows(
-        &state.pg,
-        &state.redis,
-        &state.keys,
-        freshness,
-        &card,
-        &range,
-    )
-    .await;
+    let body = windows::card_windows(&state, freshness, &card, &range).await;
     metrics::degraded(&body.degraded);
     HttpResponse::Ok().json(body)
 }
@@ -511,6 +501,9 @@ impl Application {
             redis,
             keys: Keys::new(config.key_prefix.clone()),
             payments_topic: config.topics.payments.clone(),
+            runs: cache::LatestRun::new(config.version_ttl),
+            sensor_cache: cache::WindowCache::new(config.cache_windows / 2),
+            card_cache: cache::WindowCache::new(config.cache_windows - config.cache_windows / 2),
             max_range: config.max_range,
             freshness: Mutex::new(None),
             partitions: Mutex::new(None),

@@ -37,11 +37,22 @@ pub static DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Batch-window reads answered from memory (`hit`) or Postgres (`miss`).
+pub static BATCH_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_serving_batch_cache_total",
+        "Batch-window reads of the serving layer, answered from its cache (hit) or Postgres (miss)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
 /// Every metric name, so a test can check `/metrics` shows them all.
-pub const NAMES: [&str; 3] = [
+pub const NAMES: [&str; 4] = [
     "lambdalake_serving_requests_total",
     "lambdalake_serving_request_duration_seconds",
     "lambdalake_serving_degraded_total",
+    "lambdalake_serving_batch_cache_total",
 ];
 
 /// Register every metric, with its series at 0.
@@ -50,6 +61,9 @@ pub fn register() {
     LazyLock::force(&REQUEST_SECONDS);
     for s in ["batch", "speed", "kafka"] {
         DEGRADED.with_label_values(&[s]);
+    }
+    for r in ["hit", "miss"] {
+        BATCH_CACHE.with_label_values(&[r]);
     }
 }
 

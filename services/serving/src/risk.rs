@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::State;
 use crate::stores::StoreError;
-use crate::windows::{BatchInfo, SpeedInfo, latest_run, replaced, rfc3339, version_exists};
+use crate::windows::{BatchInfo, SpeedInfo, replaced, rfc3339, version_exists};
 
 /// A card's profile in the batch views (payments labelled fraud excluded).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -135,8 +135,16 @@ type BatchPart = (i64, Option<i64>, Option<Profile>, Option<ModelInfo>);
 /// The latest version, the card's profile and the model in it (read after the version: see
 /// [`crate::windows`] on why not one statement).
 async fn batch_part(state: &State, card: &str) -> Result<Option<BatchPart>, StoreError> {
-    for _ in 0..3 {
-        let Some((version, cutoff)) = latest_run(&state.pg).await? else {
+    for attempt in 0..3 {
+        let run = if attempt == 0 {
+            state.runs.get(&state.pg).await?
+        } else {
+            state.runs.read(&state.pg).await?
+        };
+        let Some(crate::cache::LatestVersion {
+            version, cutoff, ..
+        }) = run
+        else {
             return Ok(None);
         };
         let key = card.to_owned();

@@ -8,14 +8,22 @@
 //! counted twice, never missing. The rows are read from the version whose cutoff is used (see
 //! [`batch_rows`]), so a version published meanwhile is seen whole or not at all.
 //!
+//! **Caches** ([`crate::cache`]): the latest version is read at most every
+//! `LAMBDALAKE_SERVING_VERSION_TTL`, and a version's windows for one key and range are kept in
+//! memory — a published version never changes, so only the speed part is read on every request.
+//!
 //! **Degraded.** Postgres unreachable: there is no cutoff, every window comes from Redis and
 //! `degraded` lists `"batch"`. Redis unreachable: the batch windows are served, the later ones are
 //! missing and `degraded` lists `"speed"`. Never a 500 for a store outage.
 
-use lambdalake_views::keys::{Keys, SensorView, StoredCard, StoredSensor};
+use std::sync::Arc;
+
+use lambdalake_views::keys::{SensorView, StoredCard, StoredSensor};
 use serde::Serialize;
 
-use crate::stores::{Postgres, Redis, StoreError};
+use crate::State;
+use crate::cache::WindowCache;
+use crate::stores::{Postgres, StoreError};
 
 pub const MINUTE_MS: i64 = 60_000;
 
@@ -136,38 +144,62 @@ pub fn rfc3339(ms: i64) -> String {
 /// planned after N's partition — attached in the transaction that inserted N's row — is visible.
 /// If that finds no rows because N was dropped in between (two newer versions published), the
 /// read starts over.
-async fn batch_rows(
-    pg: &Postgres,
-    sql: &str,
+async fn batch_rows<W: MergedWindow>(
+    state: &State,
+    cache: &WindowCache<W>,
     key: &str,
     range: &Range,
-) -> Result<Option<(i64, Option<i64>, Vec<tokio_postgres::Row>)>, StoreError> {
-    for _ in 0..3 {
-        let Some((version, cutoff)) = latest_run(pg).await? else {
+) -> Result<Option<(i64, Option<i64>, Arc<Vec<W>>)>, StoreError> {
+    let pg = &state.pg;
+    for attempt in 0..3 {
+        let run = if attempt == 0 {
+            state.runs.get(pg).await?
+        } else {
+            state.runs.read(pg).await?
+        };
+        let Some(v) = run else {
             return Ok(None);
         };
+        let (version, cutoff) = (v.version, v.cutoff);
         let Some(c) = cutoff else {
-            return Ok(Some((version, None, Vec::new())));
+            return Ok(Some((version, None, Arc::default())));
         };
-        let (from, to) = (range.from_ms, range.to_ms);
-        let key = key.to_owned();
+        // windows ending at or before the cutoff start before it: the batch part ends at the
+        // earlier of `to` and the cutoff
+        let (from, to) = (range.from_ms, range.to_ms.min(c));
+        if from >= to {
+            return Ok(Some((version, cutoff, Arc::default())));
+        }
+        if let Some(hit) = cache.get(&v, key, from, to) {
+            crate::metrics::BATCH_CACHE
+                .with_label_values(&["hit"])
+                .inc();
+            return Ok(Some((version, cutoff, hit)));
+        }
+        crate::metrics::BATCH_CACHE
+            .with_label_values(&["miss"])
+            .inc();
+        let owned = key.to_owned();
         let rows = pg
-            .with(|cl| async move { cl.query(sql, &[&version, &key, &from, &to, &c]).await })
+            .with(|cl| async move { cl.query(W::SQL, &[&version, &owned, &from, &to, &c]).await })
             .await?;
         if rows.is_empty() && !version_exists(pg, version).await? {
             continue;
         }
-        return Ok(Some((version, cutoff, rows)));
+        let windows = Arc::new(rows.iter().map(W::from_row).collect::<Vec<W>>());
+        cache.put(&v, key, from, to, windows.clone());
+        return Ok(Some((version, cutoff, windows)));
     }
     Err(replaced())
 }
 
 /// The latest batch version and its cutoff (`None`: none published, or no batch tables yet).
-pub(crate) async fn latest_run(pg: &Postgres) -> Result<Option<(i64, Option<i64>)>, StoreError> {
+pub(crate) async fn latest_run(pg: &Postgres) -> Result<crate::cache::Run, StoreError> {
     let run = match pg
         .with(|c| async move {
             c.query_opt(
-                "select version, cutoff_ms from batch_runs order by version desc limit 1",
+                "select version, cutoff_ms, (extract(epoch from published_at) * 1000000)::bigint
+                 from batch_runs order by version desc limit 1",
                 &[],
             )
             .await
@@ -177,7 +209,11 @@ pub(crate) async fn latest_run(pg: &Postgres) -> Result<Option<(i64, Option<i64>
         Err(StoreError::NoBatchSchema) => return Ok(None),
         other => other?,
     };
-    Ok(run.map(|r| (r.get(0), r.get(1))))
+    Ok(run.map(|r| crate::cache::LatestVersion {
+        version: r.get(0),
+        cutoff: r.get(1),
+        published_us: r.get(2),
+    }))
 }
 
 /// Whether version `v` is still published (a reader that found no rows checks it was not
@@ -209,7 +245,7 @@ pub fn floor_minute(ms: i64) -> i64 {
 }
 
 /// A window type the merge reads from both stores.
-trait MergedWindow: Sized {
+pub trait MergedWindow: Sized + Clone {
     /// Its batch rows: `$1` version, `$2` key, `$3`/`$4` start range, `$5` cutoff.
     const SQL: &'static str;
     fn from_row(r: &tokio_postgres::Row) -> Self;
@@ -308,8 +344,8 @@ impl MergedWindow for CardWindow {
 /// version used, the stores that could not be read. `speed_key(start)` names the speed layer's
 /// hash of the windows starting at `start` (field = `key`).
 async fn merge<W: MergedWindow>(
-    pg: &Postgres,
-    redis: &Redis,
+    state: &State,
+    cache: &WindowCache<W>,
     key: &str,
     range: &Range,
     speed_key: impl Fn(i64) -> String,
@@ -320,9 +356,9 @@ async fn merge<W: MergedWindow>(
         version: None,
         cutoff: None,
     };
-    let (info, speed_from) = match batch_rows(pg, W::SQL, key, range).await {
+    let (info, speed_from) = match batch_rows(state, cache, key, range).await {
         Ok(Some((version, cutoff, rows))) => {
-            windows.extend(rows.iter().map(W::from_row));
+            windows.extend(rows.iter().cloned());
             (
                 BatchInfo {
                     version: Some(version),
@@ -344,7 +380,7 @@ async fn merge<W: MergedWindow>(
         for s in &starts {
             pipe.cmd("HGET").arg(speed_key(*s)).arg(key);
         }
-        match redis.query::<Vec<Option<String>>>(&pipe).await {
+        match state.redis.query::<Vec<Option<String>>>(&pipe).await {
             Ok(values) => {
                 for v in values.into_iter().flatten() {
                     match W::from_speed(&v) {
@@ -369,15 +405,13 @@ async fn merge<W: MergedWindow>(
 }
 
 pub async fn sensor_windows(
-    pg: &Postgres,
-    redis: &Redis,
-    keys: &Keys,
+    state: &State,
     freshness_ms: Option<i64>,
     device: &str,
     range: &Range,
 ) -> SensorWindows {
-    let (windows, batch, degraded) = merge(pg, redis, device, range, |s| {
-        keys.sensor_windows(SensorView::OneMinute, s)
+    let (windows, batch, degraded) = merge(state, &state.sensor_cache, device, range, |s| {
+        state.keys.sensor_windows(SensorView::OneMinute, s)
     })
     .await;
     SensorWindows {
@@ -390,14 +424,15 @@ pub async fn sensor_windows(
 }
 
 pub async fn card_windows(
-    pg: &Postgres,
-    redis: &Redis,
-    keys: &Keys,
+    state: &State,
     freshness_ms: Option<i64>,
     card: &str,
     range: &Range,
 ) -> CardWindows {
-    let (windows, batch, degraded) = merge(pg, redis, card, range, |s| keys.card_windows(s)).await;
+    let (windows, batch, degraded) = merge(state, &state.card_cache, card, range, |s| {
+        state.keys.card_windows(s)
+    })
+    .await;
     CardWindows {
         card_id: card.to_owned(),
         windows,
