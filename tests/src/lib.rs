@@ -9,6 +9,8 @@ mod dashboard;
 #[cfg(test)]
 mod ingest;
 #[cfg(test)]
+mod lakehouse;
+#[cfg(test)]
 mod serving;
 #[cfg(test)]
 mod speed;

@@ -34,7 +34,22 @@ pub enum TelemetryError {
 
 /// Install the global log subscriber (logs go to standard error).
 pub fn init(args: &TelemetryArgs) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_new(&args.log_filter).map_err(|source| TelemetryError::Filter {
+    // libraries that log every table snapshot at info, every binary column at warn, and an
+    // absent table at error (their errors also come back to us as results, which we log):
+    // quiet unless the filter names them
+    let mut directives = args.log_filter.clone();
+    for (chatty, level) in [
+        ("buoyant_kernel", "off"),
+        ("deltalake_core", "warn"),
+        ("deltalake_core::writer::stats", "error"),
+        ("deltalake_core::operations::merge", "error"),
+        ("datafusion", "warn"),
+    ] {
+        if !directives.contains(chatty) {
+            directives.push_str(&format!(",{chatty}={level}"));
+        }
+    }
+    let filter = EnvFilter::try_new(&directives).map_err(|source| TelemetryError::Filter {
         filter: args.log_filter.clone(),
         source,
     })?;

@@ -1,0 +1,101 @@
+//! The lakehouse's metrics. The names are the ones `dashboards/` uses.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge_vec,
+};
+
+use crate::tables::Table;
+
+/// Rows written, by table.
+pub static ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_lakehouse_rows_total",
+        "Rows written to the lakehouse's Delta tables (gold: windows inserted or updated)",
+        &["table"]
+    )
+    .expect("metric registers once")
+});
+
+/// Commits by table and outcome (`ok`, `conflict`: another writer held the partition, `error`).
+pub static COMMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_lakehouse_commits_total",
+        "Delta commits of the streaming pipeline, by table and outcome",
+        &["table", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Delta commit latency (write or MERGE, files and log entry), by table.
+pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "lambdalake_lakehouse_commit_duration_seconds",
+        "Time to write one micro-batch to one Delta table and commit it",
+        &["table"],
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Records not written to silver, by topic and reason (`duplicate`, `invalid`).
+pub static DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_lakehouse_dropped_total",
+        "Records kept in bronze only: duplicates of an event already in silver, or invalid events",
+        &["topic", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Maintenance runs by operation (`optimize`, `vacuum`) and outcome (`ok`, `error`).
+pub static MAINTENANCE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_lakehouse_maintenance_total",
+        "Maintenance operations on the Delta tables, by operation and outcome",
+        &["operation", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// The latest version of each table.
+pub static VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdalake_lakehouse_table_version",
+        "The latest Delta version of each table this instance committed or read",
+        &["table"]
+    )
+    .expect("metric registers once")
+});
+
+/// Every metric name, so a test can check `/metrics` shows them all.
+pub const NAMES: [&str; 6] = [
+    "lambdalake_lakehouse_rows_total",
+    "lambdalake_lakehouse_commits_total",
+    "lambdalake_lakehouse_commit_duration_seconds",
+    "lambdalake_lakehouse_dropped_total",
+    "lambdalake_lakehouse_maintenance_total",
+    "lambdalake_lakehouse_table_version",
+];
+
+/// Register every metric, with its series at 0.
+pub fn register() {
+    for t in Table::ALL {
+        ROWS.with_label_values(&[t.name()]);
+        COMMIT_SECONDS.with_label_values(&[t.name()]);
+        VERSION.with_label_values(&[t.name()]);
+        for o in ["ok", "conflict", "error"] {
+            COMMITS.with_label_values(&[t.name(), o]);
+        }
+    }
+    for op in ["optimize", "vacuum"] {
+        for o in ["ok", "error"] {
+            MAINTENANCE.with_label_values(&[op, o]);
+        }
+    }
+    LazyLock::force(&DROPPED);
+}

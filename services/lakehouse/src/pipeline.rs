@@ -1,0 +1,1385 @@
+//! The streaming pipeline: one consumer in its own group; every micro-batch (trigger: an
+//! interval or a number of records) goes to bronze, then silver, then gold, each table in one
+//! Delta commit that records the offsets it covers (`txn`, see [`crate::tables`]).
+//!
+//! **Exactly once per table.** On assignment a partition starts at the smallest offset its tables
+//! recorded; each table then skips the records below its own offset. Bronze appends every
+//! record; silver appends the events not seen before (deduplicated on `event_id` against the
+//! batch, the ids of recent minutes held in memory, and the silver table itself for older
+//! minutes); gold MERGEs the windows of the events silver added. A crash between two commits is
+//! repaired on restart: gold finds the events silver added and gold has not counted by the Kafka
+//! coordinates silver stores with each event. A commit that conflicts with another writer of the
+//! same partition (a zombie after a rebalance) fails; the pipeline then re-reads the offsets from
+//! the tables and seeks there — it never writes twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deltalake_core::arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray,
+};
+use deltalake_core::arrow::datatypes::{DataType as ArrowType, Field, Schema};
+use deltalake_core::datafusion::prelude::SessionContext;
+use deltalake_core::kernel::Transaction;
+use deltalake_core::kernel::transaction::CommitProperties;
+use deltalake_core::{DeltaTable, DeltaTableError};
+use lambdalake_events::{Event, FraudLabel, Payment, Policy, SensorReading};
+use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use lambdalake_kafka::rdkafka::message::Message;
+use lambdalake_kafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
+use lambdalake_runtime::tasks::CancellationToken;
+use lambdalake_views::{CardAgg, SensorAgg};
+use tokio::runtime::Handle;
+
+use crate::metrics;
+use crate::tables::{Kind, Location, Table, app_id, stored_offsets};
+
+const MINUTE_MS: i64 = 60_000;
+
+/// What the pipeline needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub topics: Vec<(String, Kind)>,
+    pub trigger: Duration,
+    pub max_rows: usize,
+    pub dedupe_memory: Duration,
+    pub checkpoint_interval: u64,
+    pub optimize_every: Duration,
+    pub vacuum_every: Duration,
+    pub vacuum_retention: Duration,
+}
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[source] lambdalake_kafka::rdkafka::error::KafkaError),
+    #[error("delta: {0}")]
+    Delta(#[from] DeltaTableError),
+}
+
+/// Why a micro-batch was not committed (it is read again from Kafka).
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("{table}: another writer committed offsets of the same partitions: {source}")]
+    Fenced {
+        table: &'static str,
+        source: DeltaTableError,
+    },
+    #[error("{table}: {source}")]
+    Delta {
+        table: &'static str,
+        source: DeltaTableError,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn delta(table: Table) -> impl FnOnce(DeltaTableError) -> BatchError {
+    use deltalake_core::kernel::transaction::{CommitConflictError, TransactionError};
+    move |source| {
+        // another commit recorded an offset of the same partition since this one's snapshot
+        let fenced = matches!(
+            &source,
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(
+                    CommitConflictError::ConcurrentTransaction
+                )
+            }
+        );
+        if fenced {
+            BatchError::Fenced {
+                table: table.name(),
+                source,
+            }
+        } else {
+            BatchError::Delta {
+                table: table.name(),
+                source,
+            }
+        }
+    }
+}
+
+/// A change of assignment, posted by the rebalance callback.
+#[derive(Debug)]
+enum Change {
+    /// Per partition: the offset each of its tables recorded.
+    Assigned(Vec<(String, i32, HashMap<Table, i64>)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Turns rebalances into assignments at the offsets the tables recorded.
+pub struct Context {
+    location: Location,
+    topics: Vec<(String, Kind)>,
+    checkpoint_interval: u64,
+    handle: Handle,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let wanted: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let stored = match self.handle.block_on(self.read_offsets(&wanted)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // reading from the beginning would be correct (every table skips what it
+                        // has) but slow; not assigning is safer: the next rebalance retries
+                        tracing::error!(error = %e, "cannot read the offsets stored in the tables; not consuming");
+                        return;
+                    }
+                };
+                let mut assignment = TopicPartitionList::new();
+                let mut parts = Vec::new();
+                for (topic, p, offsets) in stored {
+                    let start = offsets.values().copied().min().unwrap_or(0);
+                    let offset = if start > 0 {
+                        Offset::Offset(start)
+                    } else {
+                        Offset::Beginning
+                    };
+                    if let Err(e) = assignment.add_partition_offset(&topic, p, offset) {
+                        tracing::error!(topic, partition = p, error = %e, "bad offset");
+                        continue;
+                    }
+                    parts.push((topic, p, offsets));
+                }
+                tracing::info!(
+                    partitions = ?parts.iter().map(|(t, p, o)| format!("{t}/{p}@{}", o.values().min().copied().unwrap_or(0))).collect::<Vec<_>>(),
+                    "partitions assigned; starting at the offsets the tables recorded"
+                );
+                if let Err(e) = consumer.assign(&assignment) {
+                    tracing::error!(error = %e, "cannot assign partitions");
+                }
+                self.push(Change::Assigned(parts));
+            }
+            Rebalance::Revoke(tpl) => {
+                let parts = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect::<Vec<_>>();
+                tracing::info!(partitions = parts.len(), "partitions revoked");
+                self.push(Change::Revoked(parts));
+                let _ = consumer.unassign();
+            }
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl Context {
+    pub fn new(
+        location: Location,
+        topics: Vec<(String, Kind)>,
+        checkpoint_interval: u64,
+        handle: Handle,
+    ) -> Self {
+        Context {
+            location,
+            topics,
+            checkpoint_interval,
+            handle,
+            changes: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn kind(&self, topic: &str) -> Option<Kind> {
+        self.topics
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, k)| *k)
+    }
+
+    /// Per partition: the offset every table of its topic recorded (0: none).
+    async fn read_offsets(
+        &self,
+        parts: &[(String, i32)],
+    ) -> Result<Vec<(String, i32, HashMap<Table, i64>)>, DeltaTableError> {
+        let mut tables: HashMap<Table, DeltaTable> = HashMap::new();
+        let mut out = Vec::new();
+        for (topic, p) in parts {
+            let Some(kind) = self.kind(topic) else {
+                continue;
+            };
+            let id = app_id(topic, *p);
+            let mut offsets = HashMap::new();
+            for t in kind.tables() {
+                if let std::collections::hash_map::Entry::Vacant(e) = tables.entry(t) {
+                    e.insert(self.location.open(t, self.checkpoint_interval).await?);
+                }
+                let stored = stored_offsets(&tables[&t], std::slice::from_ref(&id)).await?;
+                offsets.insert(t, stored.get(&id).copied().unwrap_or(0));
+            }
+            out.push((topic.clone(), *p, offsets));
+        }
+        Ok(out)
+    }
+
+    fn push(&self, c: Change) {
+        if let Ok(mut v) = self.changes.lock() {
+            v.push(c);
+        }
+    }
+
+    fn take(&self) -> Vec<Change> {
+        self.changes
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+/// One Kafka record.
+struct Record {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    value: Vec<u8>,
+    kafka_ts: Option<i64>,
+}
+
+struct Part {
+    kind: Kind,
+    /// The next offset expected from the consumer.
+    expect: i64,
+    /// The next offset each table recorded.
+    stored: HashMap<Table, i64>,
+}
+
+/// The event ids of recent minutes, per event kind: what silver holds for them.
+#[derive(Default)]
+struct Seen {
+    ids: HashMap<i64, HashSet<String>>,
+    /// Minutes whose ids were read from silver (or known to have none).
+    loaded: HashSet<i64>,
+    /// Minutes after this one had no row in silver when the memory was reset.
+    empty_after: Option<Option<i64>>,
+}
+
+/// A valid event of a record, with its coordinates.
+enum Parsed {
+    Sensor(SensorReading),
+    Payment(Payment),
+    Label(FraudLabel),
+}
+
+impl Parsed {
+    fn id(&self) -> &str {
+        match self {
+            Parsed::Sensor(e) => e.event_id().as_str(),
+            Parsed::Payment(e) => e.event_id().as_str(),
+            Parsed::Label(e) => e.event_id.as_str(),
+        }
+    }
+
+    fn ts(&self) -> i64 {
+        match self {
+            Parsed::Sensor(e) => e.ts.millis(),
+            Parsed::Payment(e) => e.ts.millis(),
+            Parsed::Label(e) => e.ts.millis(),
+        }
+    }
+}
+
+pub struct Pipeline {
+    consumer: BaseConsumer<Context>,
+    settings: Settings,
+    handle: Handle,
+    tables: HashMap<Table, DeltaTable>,
+    parts: HashMap<(String, i32), Part>,
+    buffer: Vec<Record>,
+    seen: HashMap<Kind, Seen>,
+    shutdown: CancellationToken,
+    policy: Policy,
+    last_optimize: Instant,
+    last_vacuum: Instant,
+    /// Whether the last micro-batch was committed (readiness).
+    pub healthy: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Open (or create) every table. `handle` is the runtime the pipeline's thread (not one of
+    /// the runtime's) blocks on for Delta operations.
+    pub async fn open(
+        consumer: BaseConsumer<Context>,
+        location: Location,
+        settings: Settings,
+        handle: Handle,
+        shutdown: CancellationToken,
+    ) -> Result<Self, DeltaTableError> {
+        let mut tables = HashMap::new();
+        for t in Table::ALL {
+            let opened = location.open(t, settings.checkpoint_interval).await?;
+            if let Some(v) = opened.version() {
+                metrics::VERSION
+                    .with_label_values(&[t.name()])
+                    .set(v as i64);
+            }
+            tables.insert(t, opened);
+        }
+        Ok(Pipeline {
+            consumer,
+            settings,
+            handle,
+            tables,
+            parts: HashMap::new(),
+            buffer: Vec::new(),
+            seen: HashMap::new(),
+            shutdown,
+            policy: Policy::stored(),
+            last_optimize: Instant::now(),
+            last_vacuum: Instant::now(),
+            healthy: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Run until shutdown; what is buffered then is committed.
+    pub fn run(mut self) -> Result<(), PipelineError> {
+        let topics: Vec<&str> = self
+            .settings
+            .topics
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect();
+        self.consumer
+            .subscribe(&topics)
+            .map_err(PipelineError::Subscribe)?;
+        let mut last_batch = Instant::now();
+        while !self.shutdown.is_cancelled() {
+            let polled = self.consumer.poll(Duration::from_millis(50)).map(|r| {
+                r.map(|m| Record {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    kafka_ts: m.timestamp().to_millis(),
+                })
+            });
+            self.handle_changes();
+            match polled {
+                None => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Ok(r)) => self.take(r),
+            }
+            if self.buffer.len() >= self.settings.max_rows
+                || (!self.buffer.is_empty() && last_batch.elapsed() >= self.settings.trigger)
+            {
+                self.micro_batch();
+                last_batch = Instant::now();
+            }
+            self.maintain();
+        }
+        self.handle_changes();
+        if !self.buffer.is_empty() {
+            self.micro_batch();
+        }
+        tracing::info!("lakehouse stopping: leaving the consumer group");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn kind_of(&self, topic: &str) -> Option<Kind> {
+        self.settings
+            .topics
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, k)| *k)
+    }
+
+    fn handle_changes(&mut self) {
+        for change in self.consumer.context().take() {
+            match change {
+                Change::Revoked(parts) => {
+                    for key in parts {
+                        self.parts.remove(&key);
+                        self.buffer
+                            .retain(|r| (r.topic.as_str(), r.partition) != (key.0.as_str(), key.1));
+                    }
+                }
+                Change::Assigned(parts) => {
+                    for (topic, p, stored) in parts {
+                        let Some(kind) = self.kind_of(&topic) else {
+                            continue;
+                        };
+                        let expect = stored.values().copied().min().unwrap_or(0);
+                        self.parts.insert(
+                            (topic, p),
+                            Part {
+                                kind,
+                                expect,
+                                stored,
+                            },
+                        );
+                    }
+                    // other writers may have committed: read the tables again, and forget the
+                    // event ids (the partitions owned changed)
+                    self.refresh_tables();
+                    self.seen.clear();
+                }
+            }
+        }
+    }
+
+    fn refresh_tables(&mut self) {
+        for (t, table) in &mut self.tables {
+            if let Err(e) = self.handle.block_on(table.update_state()) {
+                tracing::warn!(table = t.name(), error = %e, "cannot refresh the table");
+            }
+        }
+    }
+
+    fn take(&mut self, r: Record) {
+        let key = (r.topic.clone(), r.partition);
+        let Some(part) = self.parts.get_mut(&key) else {
+            return; // not assigned through the rebalance path
+        };
+        if r.offset < part.expect {
+            return; // fetched before a seek
+        }
+        if r.offset > part.expect {
+            // fetched from an old position after a seek, or deleted by retention
+            let low = self
+                .consumer
+                .fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
+                .map_or(0, |(low, _)| low);
+            if low <= part.expect {
+                let _ = self.consumer.seek(
+                    &key.0,
+                    key.1,
+                    Offset::Offset(part.expect),
+                    Duration::from_secs(5),
+                );
+                return;
+            }
+            tracing::error!(
+                topic = key.0,
+                partition = key.1,
+                expected = part.expect,
+                low,
+                "records were deleted by retention before the lakehouse read them; continuing from the oldest left"
+            );
+        }
+        part.expect = r.offset + 1;
+        self.buffer.push(r);
+    }
+
+    /// Commit the buffered records; on failure, read them again from the offsets the tables hold.
+    fn micro_batch(&mut self) {
+        let records = std::mem::take(&mut self.buffer);
+        let result = {
+            let handle = self.handle.clone();
+            handle.block_on(self.commit(&records))
+        };
+        match result {
+            Ok(()) => self.healthy.store(true, Ordering::Release),
+            Err(e) => {
+                match &e {
+                    BatchError::Fenced { .. } => {
+                        tracing::warn!(error = %e, "micro-batch fenced; seeking to the offsets in the tables")
+                    }
+                    _ => {
+                        self.healthy.store(false, Ordering::Release);
+                        tracing::error!(error = %e, records = records.len(), "micro-batch not committed; reading it again");
+                    }
+                }
+                self.reposition();
+            }
+        }
+    }
+
+    /// Read every owned partition's offsets from the tables again and seek there.
+    fn reposition(&mut self) {
+        self.buffer.clear();
+        self.refresh_tables();
+        self.seen.clear();
+        let keys: Vec<(String, i32)> = self.parts.keys().cloned().collect();
+        for (topic, p) in keys {
+            let id = app_id(&topic, p);
+            let Some(part) = self.parts.get_mut(&(topic.clone(), p)) else {
+                continue;
+            };
+            for t in part.kind.tables() {
+                let stored = self
+                    .handle
+                    .block_on(stored_offsets(&self.tables[&t], std::slice::from_ref(&id)));
+                match stored {
+                    Ok(s) => {
+                        part.stored.insert(t, s.get(&id).copied().unwrap_or(0));
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = t.name(), error = %e, "cannot read the stored offsets")
+                    }
+                }
+            }
+            part.expect = part.stored.values().copied().min().unwrap_or(0);
+            let offset = if part.expect > 0 {
+                Offset::Offset(part.expect)
+            } else {
+                Offset::Beginning
+            };
+            if let Err(e) = self
+                .consumer
+                .seek(&topic, p, offset, Duration::from_secs(5))
+            {
+                tracing::warn!(topic, partition = p, error = %e, "seek failed");
+            }
+        }
+        // do not retry at once in a tight loop when a store is down
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    async fn commit(&mut self, records: &[Record]) -> Result<(), BatchError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // bronze: every record not in it yet
+        let bronze: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.offset >= self.stored(Table::Bronze, &r.topic, r.partition))
+            .collect();
+        if !bronze.is_empty() {
+            let batch = bronze_batch(&bronze).map_err(BatchError::Other)?;
+            let txns = self.txns(Table::Bronze, &bronze);
+            self.write(Table::Bronze, batch, txns).await?;
+        }
+        for kind in [Kind::SensorReading, Kind::Payment, Kind::FraudLabel] {
+            let of_kind: Vec<&Record> = records
+                .iter()
+                .filter(|r| self.kind_of(&r.topic) == Some(kind))
+                .collect();
+            if !of_kind.is_empty() {
+                self.commit_kind(kind, &of_kind).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stored(&self, table: Table, topic: &str, partition: i32) -> i64 {
+        self.parts
+            .get(&(topic.to_owned(), partition))
+            .and_then(|p| p.stored.get(&table).copied())
+            .unwrap_or(0)
+    }
+
+    /// One transaction identifier per partition of `records`: the offset after its last one.
+    fn txns(&self, _table: Table, records: &[&Record]) -> Vec<Transaction> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in records {
+            let e = next.entry((r.topic.as_str(), r.partition)).or_insert(0);
+            *e = (*e).max(r.offset + 1);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        next.into_iter()
+            .map(|((t, p), v)| Transaction::new_with_last_update(app_id(t, p), v, Some(now)))
+            .collect()
+    }
+
+    /// The offsets now recorded by `table`.
+    fn record_offsets(&mut self, table: Table, txns: &[Transaction]) {
+        for (key, part) in &mut self.parts {
+            let id = app_id(&key.0, key.1);
+            if let Some(t) = txns.iter().find(|t| t.app_id == id) {
+                part.stored.insert(table, t.version);
+            }
+        }
+    }
+
+    /// Append `batch` to `table` with `txns` in the same commit.
+    async fn write(
+        &mut self,
+        table: Table,
+        batch: RecordBatch,
+        txns: Vec<Transaction>,
+    ) -> Result<(), BatchError> {
+        let t0 = Instant::now();
+        let rows = batch.num_rows();
+        let current = self.tables[&table].clone();
+        let props = CommitProperties::default().with_application_transactions(txns.clone());
+        let written = current
+            .write(vec![batch])
+            .with_commit_properties(props)
+            .await;
+        self.committed(table, written, t0, rows as u64, &txns)
+    }
+
+    fn committed(
+        &mut self,
+        table: Table,
+        result: Result<DeltaTable, DeltaTableError>,
+        t0: Instant,
+        rows: u64,
+        txns: &[Transaction],
+    ) -> Result<(), BatchError> {
+        match result {
+            Ok(t) => {
+                metrics::COMMIT_SECONDS
+                    .with_label_values(&[table.name()])
+                    .observe(t0.elapsed().as_secs_f64());
+                metrics::COMMITS
+                    .with_label_values(&[table.name(), "ok"])
+                    .inc();
+                metrics::ROWS
+                    .with_label_values(&[table.name()])
+                    .inc_by(rows);
+                if let Some(v) = t.version() {
+                    metrics::VERSION
+                        .with_label_values(&[table.name()])
+                        .set(v as i64);
+                }
+                self.tables.insert(table, t);
+                self.record_offsets(table, txns);
+                Ok(())
+            }
+            Err(e) => {
+                let e = delta(table)(e);
+                let outcome = if matches!(e, BatchError::Fenced { .. }) {
+                    "conflict"
+                } else {
+                    "error"
+                };
+                metrics::COMMITS
+                    .with_label_values(&[table.name(), outcome])
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Silver then gold for the records of one event kind.
+    async fn commit_kind(&mut self, kind: Kind, records: &[&Record]) -> Result<(), BatchError> {
+        let silver = kind.silver();
+        // gold behind silver (a crash between the two commits): the events silver added and
+        // gold did not count, found by the coordinates silver stores
+        let mut increments: Vec<Parsed> = Vec::new();
+        if let Some(gold) = kind.gold() {
+            let mut ranges = Vec::new();
+            for (key, part) in &self.parts {
+                if part.kind != kind {
+                    continue;
+                }
+                let (g, s) = (
+                    part.stored.get(&gold).copied().unwrap_or(0),
+                    part.stored.get(&silver).copied().unwrap_or(0),
+                );
+                if g < s {
+                    ranges.push((key.1, g, s));
+                }
+            }
+            for (p, from, to) in ranges {
+                let jsons = self
+                    .query_strings(
+                        silver,
+                        &format!(
+                            "select json from t where kafka_partition = {p} and kafka_offset >= {from} and kafka_offset < {to}"
+                        ),
+                    )
+                    .await?;
+                tracing::info!(
+                    table = gold.name(),
+                    partition = p,
+                    from,
+                    to,
+                    events = jsons.len(),
+                    "gold is behind silver: counting the events silver added"
+                );
+                for j in jsons {
+                    increments.extend(self.parse(kind, j.as_bytes()));
+                }
+            }
+        }
+
+        // silver: the valid events of the records it does not have, not seen before
+        let fresh: Vec<&Record> = records
+            .iter()
+            .copied()
+            .filter(|r| r.offset >= self.stored(silver, &r.topic, r.partition))
+            .collect();
+        let mut added: Vec<(&Record, Parsed)> = Vec::new();
+        if !fresh.is_empty() {
+            let mut parsed: Vec<(&Record, Parsed)> = Vec::new();
+            for r in &fresh {
+                match self.parse(kind, &r.value) {
+                    Some(e) => parsed.push((r, e)),
+                    None => metrics::DROPPED
+                        .with_label_values(&[r.topic.as_str(), "invalid"])
+                        .inc(),
+                }
+            }
+            let minutes: BTreeSet<i64> = parsed
+                .iter()
+                .map(|(_, e)| e.ts().div_euclid(MINUTE_MS))
+                .collect();
+            self.load_seen(kind, &minutes).await?;
+            let seen = self.seen.entry(kind).or_default();
+            let mut batch_ids: HashSet<String> = HashSet::new();
+            for (r, e) in parsed {
+                let minute = e.ts().div_euclid(MINUTE_MS);
+                let known = seen
+                    .ids
+                    .get(&minute)
+                    .is_some_and(|ids| ids.contains(e.id()));
+                if known || !batch_ids.insert(e.id().to_owned()) {
+                    metrics::DROPPED
+                        .with_label_values(&[r.topic.as_str(), "duplicate"])
+                        .inc();
+                    continue;
+                }
+                added.push((r, e));
+            }
+            if !added.is_empty() {
+                let batch = silver_batch(kind, &added).map_err(BatchError::Other)?;
+                let txns = self.txns(silver, &fresh);
+                self.write(silver, batch, txns).await?;
+                let seen = self.seen.entry(kind).or_default();
+                for (_, e) in &added {
+                    seen.ids
+                        .entry(e.ts().div_euclid(MINUTE_MS))
+                        .or_default()
+                        .insert(e.id().to_owned());
+                }
+            }
+            self.forget_old_minutes(kind);
+        }
+
+        // gold: the windows of the events silver added (and gold has not counted)
+        let Some(gold) = kind.gold() else {
+            return Ok(());
+        };
+        for (r, e) in added {
+            if r.offset >= self.stored(gold, &r.topic, r.partition) {
+                increments.push(e);
+            }
+        }
+        if increments.is_empty() {
+            return Ok(());
+        }
+        let covered: Vec<&Record> = records
+            .iter()
+            .copied()
+            .filter(|r| r.offset >= self.stored(gold, &r.topic, r.partition))
+            .collect();
+        let mut txns = self.txns(gold, &covered);
+        // gold also covers what silver recorded (the repaired range)
+        for (key, part) in &self.parts {
+            if part.kind != kind {
+                continue;
+            }
+            let s = part.stored.get(&silver).copied().unwrap_or(0);
+            let id = app_id(&key.0, key.1);
+            match txns.iter_mut().find(|t| t.app_id == id) {
+                Some(t) => t.version = t.version.max(s),
+                None if s > part.stored.get(&gold).copied().unwrap_or(0) => {
+                    txns.push(Transaction::new(id, s));
+                }
+                None => {}
+            }
+        }
+        self.merge_gold(kind, gold, &increments, txns).await
+    }
+
+    fn parse(&self, kind: Kind, bytes: &[u8]) -> Option<Parsed> {
+        match kind {
+            Kind::SensorReading => SensorReading::from_json(bytes, &self.policy)
+                .ok()
+                .map(Parsed::Sensor),
+            Kind::Payment => Payment::from_json(bytes, &self.policy)
+                .ok()
+                .map(Parsed::Payment),
+            Kind::FraudLabel => FraudLabel::from_json(bytes, &self.policy)
+                .ok()
+                .map(Parsed::Label),
+        }
+    }
+
+    /// Make sure the ids silver holds for `minutes` are in memory.
+    async fn load_seen(&mut self, kind: Kind, minutes: &BTreeSet<i64>) -> Result<(), BatchError> {
+        let silver = kind.silver();
+        if self.seen.get(&kind).is_none_or(|s| s.empty_after.is_none()) {
+            let max = self
+                .query_i64(silver, "select max(minute_ms) from t")
+                .await?;
+            self.seen.entry(kind).or_default().empty_after = Some(max.map(|m| m / MINUTE_MS));
+        }
+        let seen = self.seen.entry(kind).or_default();
+        let empty_after = seen.empty_after.flatten();
+        let missing: Vec<i64> = minutes
+            .iter()
+            .copied()
+            .filter(|m| !seen.loaded.contains(m))
+            .collect();
+        let (known_empty, to_read): (Vec<i64>, Vec<i64>) = missing
+            .into_iter()
+            .partition(|m| empty_after.is_none_or(|e| *m > e));
+        for m in known_empty {
+            seen.loaded.insert(m);
+        }
+        if to_read.is_empty() {
+            return Ok(());
+        }
+        let list = to_read
+            .iter()
+            .map(|m| (m * MINUTE_MS).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = self
+            .query_pairs(
+                silver,
+                &format!("select event_id, minute_ms from t where minute_ms in ({list})"),
+            )
+            .await?;
+        let seen = self.seen.entry(kind).or_default();
+        for (id, minute_ms) in rows {
+            seen.ids
+                .entry(minute_ms.div_euclid(MINUTE_MS))
+                .or_default()
+                .insert(id);
+        }
+        for m in to_read {
+            seen.loaded.insert(m);
+        }
+        Ok(())
+    }
+
+    /// Keep the ids of the last `dedupe_memory` of event time (older minutes are read again
+    /// from silver when an event comes for them).
+    fn forget_old_minutes(&mut self, kind: Kind) {
+        let span = (self.settings.dedupe_memory.as_millis() as i64 / MINUTE_MS).max(1);
+        let Some(seen) = self.seen.get_mut(&kind) else {
+            return;
+        };
+        let Some(newest) = seen.loaded.iter().copied().max() else {
+            return;
+        };
+        seen.loaded.retain(|m| *m >= newest - span);
+        seen.ids.retain(|m, _| *m >= newest - span);
+    }
+
+    async fn query(&self, table: Table, sql: &str) -> Result<Vec<RecordBatch>, BatchError> {
+        let t = &self.tables[&table];
+        let ctx = SessionContext::new();
+        let err = |e: String| BatchError::Other(format!("{}: {sql}: {e}", table.name()));
+        t.update_datafusion_session(&ctx.state())
+            .map_err(|e| err(e.to_string()))?;
+        let provider = t.table_provider().await.map_err(|e| err(e.to_string()))?;
+        ctx.register_table("t", provider)
+            .map_err(|e| err(e.to_string()))?;
+        let df = ctx.sql(sql).await.map_err(|e| err(e.to_string()))?;
+        df.collect().await.map_err(|e| err(e.to_string()))
+    }
+
+    async fn query_strings(&self, table: Table, sql: &str) -> Result<Vec<String>, BatchError> {
+        let mut out = Vec::new();
+        for b in self.query(table, sql).await? {
+            let col = string_column(b.column(0))?;
+            out.extend((0..col.len()).map(|i| col.value(i).to_owned()));
+        }
+        Ok(out)
+    }
+
+    async fn query_pairs(&self, table: Table, sql: &str) -> Result<Vec<(String, i64)>, BatchError> {
+        let mut out = Vec::new();
+        for b in self.query(table, sql).await? {
+            let ids = string_column(b.column(0))?;
+            let n = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| BatchError::Other("expected a bigint column".to_owned()))?;
+            out.extend((0..ids.len()).map(|i| (ids.value(i).to_owned(), n.value(i))));
+        }
+        Ok(out)
+    }
+
+    async fn query_i64(&self, table: Table, sql: &str) -> Result<Option<i64>, BatchError> {
+        for b in self.query(table, sql).await? {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let n = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| BatchError::Other("expected a bigint column".to_owned()))?;
+            return Ok((!n.is_null(0)).then(|| n.value(0)));
+        }
+        Ok(None)
+    }
+
+    /// MERGE the windows of `events` into `gold`: a window that exists gets the new events
+    /// added (a late event corrects its window), a new one is inserted.
+    async fn merge_gold(
+        &mut self,
+        kind: Kind,
+        gold: Table,
+        events: &[Parsed],
+        txns: Vec<Transaction>,
+    ) -> Result<(), BatchError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let (batch, predicate, updates, columns): (
+            RecordBatch,
+            &str,
+            Vec<(&str, &str)>,
+            Vec<&str>,
+        ) = match kind {
+            Kind::SensorReading => {
+                let mut windows: BTreeMap<(String, i64), SensorAgg> = BTreeMap::new();
+                for e in events {
+                    if let Parsed::Sensor(r) = e {
+                        let start = r.ts.millis().div_euclid(MINUTE_MS) * MINUTE_MS;
+                        windows
+                            .entry((r.device_id.as_str().to_owned(), start))
+                            .and_modify(|a| a.add(r))
+                            .or_insert_with(|| SensorAgg::of(r));
+                    }
+                }
+                (
+                    sensor_windows_batch(&windows, now).map_err(BatchError::Other)?,
+                    "target.device_id = source.device_id AND target.start_ms = source.start_ms",
+                    vec![
+                        ("count", "target.count + source.count"),
+                        (
+                            "temperature_min",
+                            "CASE WHEN source.temperature_min < target.temperature_min THEN source.temperature_min ELSE target.temperature_min END",
+                        ),
+                        (
+                            "temperature_max",
+                            "CASE WHEN source.temperature_max > target.temperature_max THEN source.temperature_max ELSE target.temperature_max END",
+                        ),
+                        (
+                            "temperature_sum_micro",
+                            "target.temperature_sum_micro + source.temperature_sum_micro",
+                        ),
+                        (
+                            "vibration_min",
+                            "CASE WHEN source.vibration_min < target.vibration_min THEN source.vibration_min ELSE target.vibration_min END",
+                        ),
+                        (
+                            "vibration_max",
+                            "CASE WHEN source.vibration_max > target.vibration_max THEN source.vibration_max ELSE target.vibration_max END",
+                        ),
+                        (
+                            "vibration_sum_micro",
+                            "target.vibration_sum_micro + source.vibration_sum_micro",
+                        ),
+                        ("updated_at_ms", "source.updated_at_ms"),
+                    ],
+                    vec![
+                        "device_id",
+                        "start_ms",
+                        "end_ms",
+                        "count",
+                        "temperature_min",
+                        "temperature_max",
+                        "temperature_sum_micro",
+                        "vibration_min",
+                        "vibration_max",
+                        "vibration_sum_micro",
+                        "updated_at_ms",
+                    ],
+                )
+            }
+            Kind::Payment => {
+                let mut windows: BTreeMap<(String, i64), CardAgg> = BTreeMap::new();
+                for e in events {
+                    if let Parsed::Payment(p) = e {
+                        let start = p.ts.millis().div_euclid(MINUTE_MS) * MINUTE_MS;
+                        windows
+                            .entry((p.card_id.as_str().to_owned(), start))
+                            .and_modify(|a| a.add(p))
+                            .or_insert_with(|| CardAgg::of(p));
+                    }
+                }
+                (
+                    card_windows_batch(&windows, now).map_err(BatchError::Other)?,
+                    "target.card_id = source.card_id AND target.start_ms = source.start_ms",
+                    vec![
+                        ("count", "target.count + source.count"),
+                        (
+                            "amount_sum_cents",
+                            "target.amount_sum_cents + source.amount_sum_cents",
+                        ),
+                        (
+                            "amount_max_cents",
+                            "CASE WHEN source.amount_max_cents > target.amount_max_cents THEN source.amount_max_cents ELSE target.amount_max_cents END",
+                        ),
+                        ("updated_at_ms", "source.updated_at_ms"),
+                    ],
+                    vec![
+                        "card_id",
+                        "start_ms",
+                        "end_ms",
+                        "count",
+                        "amount_sum_cents",
+                        "amount_max_cents",
+                        "updated_at_ms",
+                    ],
+                )
+            }
+            Kind::FraudLabel => return Ok(()),
+        };
+        let t0 = Instant::now();
+        let rows = batch.num_rows() as u64;
+        let ctx = SessionContext::new();
+        let source = ctx
+            .read_batch(batch)
+            .map_err(|e| BatchError::Other(format!("{}: {e}", gold.name())))?;
+        let current = self.tables[&gold].clone();
+        let props = CommitProperties::default().with_application_transactions(txns.clone());
+        let merged = async {
+            current
+                .merge(source, predicate)
+                .with_source_alias("source")
+                .with_target_alias("target")
+                .with_commit_properties(props)
+                .when_matched_update(|mut u| {
+                    for (c, e) in &updates {
+                        u = u.update(*c, *e);
+                    }
+                    u
+                })?
+                .when_not_matched_insert(|mut i| {
+                    for c in &columns {
+                        i = i.set(*c, format!("source.{c}"));
+                    }
+                    i
+                })?
+                .await
+                .map(|(t, _metrics)| t)
+        }
+        .await;
+        self.committed(gold, merged, t0, rows, &txns)
+    }
+
+    /// OPTIMIZE and VACUUM on their schedules, between micro-batches. A failure (a conflict
+    /// with another instance's commit, a store error) is logged and retried next time.
+    fn maintain(&mut self) {
+        let optimize = self.last_optimize.elapsed() >= self.settings.optimize_every;
+        let vacuum = self.last_vacuum.elapsed() >= self.settings.vacuum_every;
+        if !optimize && !vacuum {
+            return;
+        }
+        let handle = self.handle.clone();
+        if optimize {
+            self.last_optimize = Instant::now();
+            for t in Table::ALL {
+                let current = self.tables[&t].clone();
+                match handle.block_on(crate::maintenance::optimize(current)) {
+                    Ok((table, summary)) => {
+                        metrics::MAINTENANCE
+                            .with_label_values(&["optimize", "ok"])
+                            .inc();
+                        tracing::info!(table = t.name(), %summary, "optimized");
+                        self.tables.insert(t, table);
+                    }
+                    Err(e) => {
+                        metrics::MAINTENANCE
+                            .with_label_values(&["optimize", "error"])
+                            .inc();
+                        tracing::warn!(table = t.name(), error = %e, "optimize failed; retrying next time");
+                        if let Some(x) = self.tables.get_mut(&t) {
+                            let _ = handle.block_on(x.update_state());
+                        }
+                    }
+                }
+            }
+        }
+        if vacuum {
+            self.last_vacuum = Instant::now();
+            for t in Table::ALL {
+                let current = self.tables[&t].clone();
+                let retention = self.settings.vacuum_retention;
+                match handle.block_on(crate::maintenance::vacuum(current, retention)) {
+                    Ok((table, deleted)) => {
+                        metrics::MAINTENANCE
+                            .with_label_values(&["vacuum", "ok"])
+                            .inc();
+                        tracing::info!(table = t.name(), files_deleted = deleted, "vacuumed");
+                        self.tables.insert(t, table);
+                    }
+                    Err(e) => {
+                        metrics::MAINTENANCE
+                            .with_label_values(&["vacuum", "error"])
+                            .inc();
+                        tracing::warn!(table = t.name(), error = %e, "vacuum failed; retrying next time");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A string column as plain UTF-8 (DataFusion may read strings as views or dictionaries).
+fn string_column(a: &ArrayRef) -> Result<StringArray, BatchError> {
+    let cast = deltalake_core::arrow::compute::cast(a, &ArrowType::Utf8)
+        .map_err(|e| BatchError::Other(format!("expected a string column: {e}")))?;
+    cast.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| {
+            BatchError::Other(format!("expected a string column, got {}", a.data_type()))
+        })
+}
+
+fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch, String> {
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
+fn bronze_batch(records: &[&Record]) -> Result<RecordBatch, String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    batch(
+        vec![
+            Field::new("topic", ArrowType::Utf8, false),
+            Field::new("kafka_partition", ArrowType::Int32, false),
+            Field::new("kafka_offset", ArrowType::Int64, false),
+            Field::new("key", ArrowType::Utf8, true),
+            Field::new("value", ArrowType::Binary, true),
+            Field::new("kafka_ts_ms", ArrowType::Int64, true),
+            Field::new("ingested_at_ms", ArrowType::Int64, false),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                records.iter().map(|r| r.topic.as_str()),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                records.iter().map(|r| r.partition),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                records.iter().map(|r| r.offset),
+            )),
+            Arc::new(StringArray::from_iter(
+                records.iter().map(|r| r.key.as_deref()),
+            )),
+            Arc::new(BinaryArray::from_iter(
+                records.iter().map(|r| Some(r.value.as_slice())),
+            )),
+            Arc::new(Int64Array::from_iter(records.iter().map(|r| r.kafka_ts))),
+            Arc::new(Int64Array::from_iter_values(records.iter().map(|_| now))),
+        ],
+    )
+}
+
+fn strings<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(it))
+}
+
+fn longs(it: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(it))
+}
+
+fn doubles(it: impl Iterator<Item = f64>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter_values(it))
+}
+
+fn silver_batch(kind: Kind, rows: &[(&Record, Parsed)]) -> Result<RecordBatch, String> {
+    let f = |n: &str, t: ArrowType| Field::new(n, t, false);
+    let coordinates = |fields: &mut Vec<Field>, cols: &mut Vec<ArrayRef>| {
+        fields.push(f("kafka_partition", ArrowType::Int32));
+        fields.push(f("kafka_offset", ArrowType::Int64));
+        cols.push(Arc::new(Int32Array::from_iter_values(
+            rows.iter().map(|(r, _)| r.partition),
+        )));
+        cols.push(longs(rows.iter().map(|(r, _)| r.offset)));
+    };
+    let json = |e: &Parsed| {
+        match e {
+            Parsed::Sensor(x) => serde_json::to_string(x),
+            Parsed::Payment(x) => serde_json::to_string(x),
+            Parsed::Label(x) => serde_json::to_string(x),
+        }
+        .unwrap_or_default()
+    };
+    let minute = |e: &Parsed| e.ts().div_euclid(MINUTE_MS) * MINUTE_MS;
+    let (mut fields, mut cols): (Vec<Field>, Vec<ArrayRef>) = match kind {
+        Kind::SensorReading => {
+            let s: Vec<&SensorReading> = rows
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Parsed::Sensor(r) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            (
+                vec![
+                    f("event_id", ArrowType::Utf8),
+                    f("device_id", ArrowType::Utf8),
+                    f("site", ArrowType::Utf8),
+                    f("ts_ms", ArrowType::Int64),
+                    f("minute_ms", ArrowType::Int64),
+                    f("temperature_c", ArrowType::Float64),
+                    f("vibration_mm_s", ArrowType::Float64),
+                ],
+                vec![
+                    strings(s.iter().map(|r| r.event_id.as_str())),
+                    strings(s.iter().map(|r| r.device_id.as_str())),
+                    strings(s.iter().map(|r| r.site.as_str())),
+                    longs(s.iter().map(|r| r.ts.millis())),
+                    longs(rows.iter().map(|(_, e)| minute(e))),
+                    doubles(s.iter().map(|r| r.temperature_c)),
+                    doubles(s.iter().map(|r| r.vibration_mm_s)),
+                ],
+            )
+        }
+        Kind::Payment => {
+            let p: Vec<&Payment> = rows
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Parsed::Payment(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            (
+                vec![
+                    f("event_id", ArrowType::Utf8),
+                    f("txn_id", ArrowType::Utf8),
+                    f("card_id", ArrowType::Utf8),
+                    f("merchant_id", ArrowType::Utf8),
+                    f("mcc", ArrowType::Int32),
+                    f("amount_cents", ArrowType::Int64),
+                    f("currency", ArrowType::Utf8),
+                    f("country", ArrowType::Utf8),
+                    f("lat", ArrowType::Float64),
+                    f("lon", ArrowType::Float64),
+                    f("ts_ms", ArrowType::Int64),
+                    f("minute_ms", ArrowType::Int64),
+                    f("mcc_risk", ArrowType::Float64),
+                ],
+                vec![
+                    strings(p.iter().map(|x| x.event_id.as_str())),
+                    strings(p.iter().map(|x| x.txn_id.as_str())),
+                    strings(p.iter().map(|x| x.card_id.as_str())),
+                    strings(p.iter().map(|x| x.merchant_id.as_str())),
+                    Arc::new(Int32Array::from_iter_values(
+                        p.iter().map(|x| i32::from(x.mcc.code())),
+                    )),
+                    longs(p.iter().map(|x| x.amount.cents())),
+                    strings(p.iter().map(|x| x.currency.as_str())),
+                    strings(p.iter().map(|x| x.country.as_str())),
+                    doubles(p.iter().map(|x| x.lat)),
+                    doubles(p.iter().map(|x| x.lon)),
+                    longs(p.iter().map(|x| x.ts.millis())),
+                    longs(rows.iter().map(|(_, e)| minute(e))),
+                    doubles(
+                        p.iter()
+                            .map(|x| lambdalake_views::fraud::mcc_risk(x.mcc.code())),
+                    ),
+                ],
+            )
+        }
+        Kind::FraudLabel => {
+            let l: Vec<&FraudLabel> = rows
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Parsed::Label(l) => Some(l),
+                    _ => None,
+                })
+                .collect();
+            (
+                vec![
+                    f("event_id", ArrowType::Utf8),
+                    f("txn_id", ArrowType::Utf8),
+                    f("card_id", ArrowType::Utf8),
+                    f("fraud", ArrowType::Boolean),
+                    f("ts_ms", ArrowType::Int64),
+                    f("minute_ms", ArrowType::Int64),
+                ],
+                vec![
+                    strings(l.iter().map(|x| x.event_id.as_str())),
+                    strings(l.iter().map(|x| x.txn_id.as_str())),
+                    strings(l.iter().map(|x| x.card_id.as_str())),
+                    Arc::new(BooleanArray::from_iter(l.iter().map(|x| Some(x.fraud)))),
+                    longs(l.iter().map(|x| x.ts.millis())),
+                    longs(rows.iter().map(|(_, e)| minute(e))),
+                ],
+            )
+        }
+    };
+    coordinates(&mut fields, &mut cols);
+    fields.push(f("json", ArrowType::Utf8));
+    let jsons: Vec<String> = rows.iter().map(|(_, e)| json(e)).collect();
+    cols.push(strings(jsons.iter().map(String::as_str)));
+    batch(fields, cols)
+}
+
+fn sensor_windows_batch(
+    windows: &BTreeMap<(String, i64), SensorAgg>,
+    now: i64,
+) -> Result<RecordBatch, String> {
+    let f = |n: &str, t: ArrowType| Field::new(n, t, false);
+    let sum = |v: i128| i64::try_from(v).map_err(|_| "a window sum exceeds 64 bits".to_owned());
+    let mut t_sum = Vec::with_capacity(windows.len());
+    let mut v_sum = Vec::with_capacity(windows.len());
+    for a in windows.values() {
+        t_sum.push(sum(a.temperature_c.sum_micro)?);
+        v_sum.push(sum(a.vibration_mm_s.sum_micro)?);
+    }
+    batch(
+        vec![
+            f("device_id", ArrowType::Utf8),
+            f("start_ms", ArrowType::Int64),
+            f("end_ms", ArrowType::Int64),
+            f("count", ArrowType::Int64),
+            f("temperature_min", ArrowType::Float64),
+            f("temperature_max", ArrowType::Float64),
+            f("temperature_sum_micro", ArrowType::Int64),
+            f("vibration_min", ArrowType::Float64),
+            f("vibration_max", ArrowType::Float64),
+            f("vibration_sum_micro", ArrowType::Int64),
+            f("updated_at_ms", ArrowType::Int64),
+        ],
+        vec![
+            strings(windows.keys().map(|(d, _)| d.as_str())),
+            longs(windows.keys().map(|(_, s)| *s)),
+            longs(windows.keys().map(|(_, s)| s + MINUTE_MS)),
+            longs(windows.values().map(|a| a.count as i64)),
+            doubles(windows.values().map(|a| a.temperature_c.min)),
+            doubles(windows.values().map(|a| a.temperature_c.max)),
+            longs(t_sum.into_iter()),
+            doubles(windows.values().map(|a| a.vibration_mm_s.min)),
+            doubles(windows.values().map(|a| a.vibration_mm_s.max)),
+            longs(v_sum.into_iter()),
+            longs(windows.values().map(|_| now)),
+        ],
+    )
+}
+
+fn card_windows_batch(
+    windows: &BTreeMap<(String, i64), CardAgg>,
+    now: i64,
+) -> Result<RecordBatch, String> {
+    let f = |n: &str, t: ArrowType| Field::new(n, t, false);
+    batch(
+        vec![
+            f("card_id", ArrowType::Utf8),
+            f("start_ms", ArrowType::Int64),
+            f("end_ms", ArrowType::Int64),
+            f("count", ArrowType::Int64),
+            f("amount_sum_cents", ArrowType::Int64),
+            f("amount_max_cents", ArrowType::Int64),
+            f("updated_at_ms", ArrowType::Int64),
+        ],
+        vec![
+            strings(windows.keys().map(|(c, _)| c.as_str())),
+            longs(windows.keys().map(|(_, s)| *s)),
+            longs(windows.keys().map(|(_, s)| s + MINUTE_MS)),
+            longs(windows.values().map(|a| a.count as i64)),
+            longs(windows.values().map(|a| a.amount_sum_cents)),
+            longs(windows.values().map(|a| a.amount_max_cents)),
+            longs(windows.values().map(|_| now)),
+        ],
+    )
+}
