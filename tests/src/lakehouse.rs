@@ -379,3 +379,242 @@ async fn sigkill_at_random_moments_keeps_bronze_silver_and_gold_exact() {
     drop(guard);
     let _ = std::fs::remove_dir_all(&lake.dir);
 }
+
+/// Wait until gold counts every reading and payment sent (bronze and silver come first).
+async fn wait_gold(s: &Setup, lake: &Lake, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let readings: i64 = gold_sensors(&lake.dir).await.values().map(|v| v.0).sum();
+        let payments: i64 = gold_cards(&lake.dir).await.values().map(|v| v.0).sum();
+        if readings as usize == table::dedupe(&s.sensors).len()
+            && payments as usize == table::dedupe(&s.payments).len()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gold has {readings} readings and {payments} payments after {timeout:?}; logs: {}",
+            lake.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The windows of an answer without their source: what both architectures must agree on.
+fn values(body: &serde_json::Value) -> Vec<serde_json::Value> {
+    body["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .map(|w| {
+            let mut w = w.clone();
+            w.as_object_mut().unwrap().remove("source");
+            w
+        })
+        .collect()
+}
+
+/// The lakehouse through the serving API: the Lambda response shape with `source: "gold"`;
+/// a late event corrects gold at once while the Lambda merged view waits for the batch
+/// recompute, after which both agree on every window; time travel by version and by instant;
+/// each table's history.
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_equals_the_lambda_merged_view_after_the_recompute_and_travels_in_time() {
+    use crate::serving::{check_openapi, get, redis_url, serve_with};
+    use crate::speed::{
+        now_ms, send_stream, sensor_json, spawn_archiver, stream_until, wait_archived,
+    };
+
+    let mut s = Setup::new();
+    let mut lake = Lake::new();
+    let master = std::env::temp_dir().join(unique("ll-master"));
+    let (archiver, log) = spawn_archiver(&s, &master);
+    let _guard = Kill(vec![s.spawn(&[]), archiver, lake.spawn(&s, &[])]);
+    let end = now_ms() - 120_000;
+    let (sensors, payments) = stream_until(3_000, 5, 0.05, 300, end);
+    send_stream(&mut s, &sensors, &payments, 300, Duration::from_millis(10)).await;
+    s.wait_applied(Duration::from_secs(90));
+    wait_archived(&s, &master, &log).await;
+    wait_gold(&s, &lake, Duration::from_secs(90)).await;
+
+    let url = crate::batch::fresh_database().await;
+    let config = crate::batch::config_for(&master, &url, &s.prefix, &[]);
+    lambdalake_batch::run_once(&config).await.expect("run 1");
+    let (base, token) = serve_with(
+        &url,
+        &redis_url(),
+        &s.prefix,
+        &s.sensor,
+        &s.payment,
+        &[
+            "--lakehouse-tables",
+            lake.dir.to_str().unwrap(),
+            "--version-ttl",
+            "1ms",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let range = format!(
+        "from={}&to={}",
+        lambdalake_serving::windows::rfc3339(end - 40 * 60_000),
+        lambdalake_serving::windows::rfc3339(now_ms() + 60_000)
+    );
+    for (kind, key, path) in [
+        ("sensors", "d0", "/v1/lakehouse/sensors/{device_id}/windows"),
+        ("sensors", "d3", "/v1/lakehouse/sensors/{device_id}/windows"),
+        ("cards", "c1", "/v1/lakehouse/cards/{card_id}/windows"),
+        ("cards", "c4", "/v1/lakehouse/cards/{card_id}/windows"),
+    ] {
+        let (status, gold) = get(
+            &http,
+            &format!("{base}/v1/lakehouse/{kind}/{key}/windows?{range}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{gold}");
+        check_openapi(&http, &base, path, 200, &gold).await;
+        assert_eq!(gold["degraded"], serde_json::json!([]));
+        assert_eq!(gold["batch"]["cutoff"], serde_json::Value::Null);
+        assert!(gold["batch"]["version"].as_i64().unwrap() > 0, "{gold}");
+        assert!(gold["speed"]["freshness_ms"].as_i64().is_some(), "{gold}");
+        let windows = gold["windows"].as_array().unwrap();
+        assert!(!windows.is_empty());
+        assert!(windows.iter().all(|w| w["source"] == "gold"), "{gold}");
+        let (_, lambda) = get(
+            &http,
+            &format!("{base}/v1/lambda/{kind}/{key}/windows?{range}"),
+        )
+        .await;
+        assert_eq!(values(&gold), values(&lambda), "{kind} {key}");
+    }
+
+    // a reading 8 minutes behind the stream: the speed layer drops it (late), the lakehouse
+    // MERGEs it into its window at once, the Lambda merged view shows it after a recompute
+    let path = format!("{base}/v1/lakehouse/sensors/d0/windows?{range}");
+    let (_, before) = get(&http, &path).await;
+    let v_before = before["batch"]["version"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = now_ms();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let late_ts = end - 8 * 60_000 + 7;
+    s.send_sensors(&[sensor_json("late-1", "d0", late_ts, 190.5, 0.25)])
+        .await;
+    let minute = lambdalake_serving::windows::rfc3339(late_ts.div_euclid(60_000) * 60_000);
+    let count_at = |body: &serde_json::Value| {
+        body["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["start"] == minute.as_str())
+            .map_or(0, |w| w["count"].as_u64().unwrap())
+    };
+    let old_count = count_at(&before);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let (_, body) = get(&http, &path).await;
+        if count_at(&body) == old_count + 1 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gold did not take the late reading: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let w = after["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["start"] == minute.as_str())
+        .unwrap();
+    assert_eq!(w["temperature_c"]["max"], 190.5);
+    let lambda_path = format!("{base}/v1/lambda/sensors/d0/windows?{range}");
+    let (_, lambda) = get(&http, &lambda_path).await;
+    assert_eq!(
+        count_at(&lambda),
+        old_count,
+        "the Lambda view waits for the batch"
+    );
+    s.wait_applied(Duration::from_secs(30));
+    wait_archived(&s, &master, &log).await;
+    lambdalake_batch::run_once(&config).await.expect("run 2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, lambda) = get(&http, &lambda_path).await;
+    assert_eq!(
+        values(&lambda),
+        values(&after),
+        "after the recompute both agree"
+    );
+
+    // time travel: the version before the late reading, by number and by instant
+    for q in [
+        format!("version={v_before}"),
+        format!("as_of={}", lambdalake_serving::windows::rfc3339(between)),
+    ] {
+        let (status, old) = get(&http, &format!("{path}&{q}")).await;
+        assert_eq!(status, 200, "{q}: {old}");
+        assert_eq!(old["batch"]["version"], v_before, "{q}");
+        assert_eq!(values(&old), values(&before), "{q}");
+    }
+    let (status, body) = get(&http, &format!("{path}&version=999999")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no version 999999"),
+        "{body}"
+    );
+    let (status, body) = get(
+        &http,
+        &format!("{path}&version=1&as_of=2026-01-01T00:00:00Z"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // history: newest first, the MERGE that took the late reading among them
+    let (status, h) = get(
+        &http,
+        &format!("{base}/v1/lakehouse/tables/gold_sensor_windows/history?limit=5"),
+    )
+    .await;
+    assert_eq!(status, 200, "{h}");
+    check_openapi(&http, &base, "/v1/lakehouse/tables/{name}/history", 200, &h).await;
+    let commits = h["commits"].as_array().unwrap();
+    let latest = h["latest_version"].as_i64().unwrap();
+    assert_eq!(commits.len() as i64, (latest + 1).min(5), "{h}");
+    assert_eq!(commits[0]["version"], h["latest_version"]);
+    assert!(
+        commits
+            .windows(2)
+            .all(|c| c[0]["version"].as_i64() > c[1]["version"].as_i64())
+    );
+    assert!(commits.iter().any(|c| c["operation"] == "MERGE"), "{h}");
+    let (status, h) = get(
+        &http,
+        &format!("{base}/v1/lakehouse/tables/bronze/history?limit=3"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        h["commits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["operation"] == "WRITE" && c["rows_added"].as_i64() > Some(0)),
+        "{h}"
+    );
+    let (status, body) = get(&http, &format!("{base}/v1/lakehouse/tables/nope/history")).await;
+    assert_eq!(status, 404, "{body}");
+    check_openapi(
+        &http,
+        &base,
+        "/v1/lakehouse/tables/{name}/history",
+        404,
+        &body,
+    )
+    .await;
+    token.cancel();
+    let _ = std::fs::remove_dir_all(&master);
+    let _ = std::fs::remove_dir_all(&lake.dir);
+}

@@ -49,7 +49,27 @@ pub(crate) async fn serve_topics(
     sensor_topic: &str,
     payment_topic: &str,
 ) -> (String, lambdalake_serving::CancellationToken) {
-    let config = <lambdalake_serving::Config as clap::Parser>::try_parse_from([
+    serve_with(
+        postgres_url,
+        redis_url,
+        prefix,
+        sensor_topic,
+        payment_topic,
+        &[],
+    )
+    .await
+}
+
+/// [`serve_topics`] with more arguments.
+pub(crate) async fn serve_with(
+    postgres_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    sensor_topic: &str,
+    payment_topic: &str,
+    extra: &[&str],
+) -> (String, lambdalake_serving::CancellationToken) {
+    let mut args = vec![
         "lambdalake-serving",
         "--topic-sensor-readings",
         sensor_topic,
@@ -67,8 +87,10 @@ pub(crate) async fn serve_topics(
         "500ms",
         "--workers",
         "2",
-    ])
-    .expect("valid arguments");
+    ];
+    args.extend_from_slice(extra);
+    let config = <lambdalake_serving::Config as clap::Parser>::try_parse_from(args)
+        .expect("valid arguments");
     let app = lambdalake_serving::Application::build(config)
         .await
         .expect("serving starts");
@@ -78,7 +100,7 @@ pub(crate) async fn serve_topics(
     (base, token)
 }
 
-fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("LAMBDALAKE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
 }
 
@@ -139,7 +161,7 @@ fn got_sensor(body: &Value) -> Vec<(i64, u64, f64, f64, f64, &'static str)> {
 /// `v` conforms to `schema` (OpenAPI 3.1 / JSON Schema subset utoipa emits: `$ref`, `type` (one or
 /// a list), `properties`/`required` — an undeclared field is an error —, `items`, `enum`,
 /// `oneOf`/`anyOf`/`allOf`).
-fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+pub(crate) fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema["$ref"].as_str() {
         let name = r.trim_start_matches("#/components/schemas/");
         return conforms(doc, &doc["components"]["schemas"][name], v, at);
@@ -206,7 +228,13 @@ fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Stri
 
 /// The answer `body` (status `status`) of `path` (as the document names it) conforms to the
 /// served OpenAPI document.
-async fn check_openapi(http: &reqwest::Client, base: &str, path: &str, status: u16, body: &Value) {
+pub(crate) async fn check_openapi(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    status: u16,
+    body: &Value,
+) {
     let (s, doc) = get(http, &format!("{base}/openapi.json")).await;
     assert_eq!(s, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
@@ -218,7 +246,7 @@ async fn check_openapi(http: &reqwest::Client, base: &str, path: &str, status: u
     }
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = http.get(url).send().await.expect("request");
     let status = r.status().as_u16();
     (status, r.json().await.expect("a JSON body"))
@@ -855,18 +883,60 @@ async fn bad_queries_get_a_precise_400() {
         let msg = body["error"].as_str().expect("an error message");
         assert!(msg.contains(expect), "{path}: {msg}");
     }
-    // the lakehouse paths are reserved
+    // the lakehouse twins: no tables there → a 200 that says gold is missing; bad time travel
+    // → a precise 400
     let (status, body) = get(&http, &format!("{base}/v1/lakehouse/sensors/d1/windows")).await;
-    assert_eq!(status, 501, "{body}");
+    assert_eq!(status, 200, "{body}");
     check_openapi(
         &http,
         &base,
         "/v1/lakehouse/sensors/{device_id}/windows",
-        501,
+        200,
         &body,
     )
     .await;
-    assert!(body["error"].as_str().unwrap().contains("lakehouse"));
+    assert_eq!(body["degraded"], json!(["gold"]));
+    assert_eq!(body["windows"], json!([]));
+    for (q, expect) in [
+        ("version=-1", "version"),
+        ("version=x", "version"),
+        ("as_of=yesterday", "as_of"),
+        ("version=1&as_of=2026-01-01T00:00:00Z", "not both"),
+        ("since=1", "unknown query parameter(s): since"),
+    ] {
+        let (status, body) = get(&http, &format!("{base}/v1/lakehouse/cards/c1/windows?{q}")).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        check_openapi(
+            &http,
+            &base,
+            "/v1/lakehouse/cards/{card_id}/windows",
+            400,
+            &body,
+        )
+        .await;
+        let msg = body["error"].as_str().unwrap();
+        assert!(msg.contains(expect), "{q}: {msg}");
+    }
+    let (status, body) = get(
+        &http,
+        &format!("{base}/v1/lakehouse/tables/gold_card_windows/history?limit=0"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get(
+        &http,
+        &format!("{base}/v1/lakehouse/tables/gold_card_windows/history"),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    check_openapi(
+        &http,
+        &base,
+        "/v1/lakehouse/tables/{name}/history",
+        503,
+        &body,
+    )
+    .await;
     // the check is not vacuous: an undeclared field, a wrong type, a missing field fail it
     let (_, doc) = get(&http, &format!("{base}/openapi.json")).await;
     let error = json!({"$ref": "#/components/schemas/ErrorBody"});

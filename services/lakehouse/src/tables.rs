@@ -262,8 +262,6 @@ impl Location {
         match self {
             Location::Local(dir) => {
                 let path = dir.join(table.name());
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| bad(format!("cannot create {}: {e}", path.display())))?;
                 let abs = std::path::absolute(&path)
                     .map_err(|e| bad(format!("{}: {e}", path.display())))?;
                 Url::from_directory_path(&abs).map_err(|()| bad(abs.display().to_string()))
@@ -301,6 +299,15 @@ impl Location {
         table: Table,
         checkpoint_interval: u64,
     ) -> Result<DeltaTable, DeltaTableError> {
+        if let Location::Local(dir) = self {
+            let path = dir.join(table.name());
+            std::fs::create_dir_all(&path).map_err(|e| {
+                DeltaTableError::InvalidTableLocation(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
         let mut t = self.builder(table)?.build()?;
         match t.load().await {
             Ok(()) => return Ok(t),
@@ -326,6 +333,31 @@ impl Location {
                 Ok(t)
             }
         }
+    }
+}
+
+/// What a reader asks for: the latest version, a version, or the version current at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    Latest,
+    Version(u64),
+    /// Epoch milliseconds.
+    Timestamp(i64),
+}
+
+impl Location {
+    /// Load an existing table (never creates one) at `at`.
+    pub async fn load(&self, table: Table, at: At) -> Result<DeltaTable, DeltaTableError> {
+        let b = self.builder(table)?;
+        let b = match at {
+            At::Latest => b,
+            At::Version(v) => b.with_version(v),
+            At::Timestamp(ms) => b.with_timestamp(
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .ok_or_else(|| DeltaTableError::Generic(format!("{ms} is not a time")))?,
+            ),
+        };
+        b.load().await
     }
 }
 

@@ -66,6 +66,15 @@ pub struct Config {
     )]
     pub cache_windows: usize,
 
+    /// The lakehouse's Delta tables (as `lambdalake-lakehouse` writes them): a directory or
+    /// `s3://bucket/prefix`; the `/v1/lakehouse/...` endpoints read its gold tables.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_LAKEHOUSE_TABLES",
+        default_value = "data/lakehouse"
+    )]
+    pub lakehouse_tables: String,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "LAMBDALAKE_SERVING_WORKERS")]
     pub workers: Option<std::num::NonZeroUsize>,
@@ -100,6 +109,9 @@ impl Config {
         }
         if self.max_range < Duration::from_secs(60) {
             problems.push("LAMBDALAKE_SERVING_MAX_RANGE must be at least 1m".to_owned());
+        }
+        if let Err(e) = lambdalake_lakehouse::tables::Location::parse(&self.lakehouse_tables) {
+            problems.push(format!("LAMBDALAKE_LAKEHOUSE_TABLES: {e}"));
         }
         if self.store_timeout.is_zero() {
             problems.push("LAMBDALAKE_SERVING_STORE_TIMEOUT must be more than 0".to_owned());

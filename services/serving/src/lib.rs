@@ -4,6 +4,7 @@
 
 pub mod cache;
 mod config;
+pub mod lakehouse;
 pub mod metrics;
 pub mod overview;
 pub mod risk;
@@ -23,6 +24,7 @@ pub use lambdalake_runtime::tasks::CancellationToken;
 
 use crate::stores::{Postgres, Redis};
 use crate::windows::Range;
+use lambdalake_lakehouse::tables::{At, Table};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,8 @@ pub struct State {
     /// Batch windows by (version, key, range): a published version never changes.
     sensor_cache: cache::WindowCache<windows::SensorWindow>,
     card_cache: cache::WindowCache<windows::CardWindow>,
+    /// The lakehouse's gold tables.
+    lake: lakehouse::Reader,
     /// The event topics' high watermarks, polled every second.
     watermarks: std::sync::Arc<Mutex<overview::Watermarks>>,
 }
@@ -155,12 +159,15 @@ pub struct AlertsBody {
         card_risk,
         alerts,
         get_overview,
-        lakehouse_reserved
+        lakehouse_sensor_windows,
+        lakehouse_card_windows,
+        lakehouse_history
     ),
     components(schemas(
         windows::SensorWindows,
         windows::CardWindows,
         risk::Risk,
+        lakehouse::History,
         overview::Overview,
         AlertsBody,
         ErrorBody
@@ -181,15 +188,28 @@ fn check_id(field: &str, id: &str) -> Result<(), String> {
 
 /// `from` and `to` (RFC 3339; default: the hour up to now), in order, within the maximum range.
 fn parse_range(query: &HashMap<String, String>, max_range: Duration) -> Result<Range, String> {
-    let unknown: Vec<&str> = query
+    parse_range_with(query, max_range, &[])
+}
+
+/// [`parse_range`] accepting the parameters `extra` too (checked by the caller).
+fn parse_range_with(
+    query: &HashMap<String, String>,
+    max_range: Duration,
+    extra: &[&str],
+) -> Result<Range, String> {
+    let mut unknown: Vec<&str> = query
         .keys()
         .map(String::as_str)
-        .filter(|k| !matches!(*k, "from" | "to"))
+        .filter(|k| !matches!(*k, "from" | "to") && !extra.contains(k))
         .collect();
+    unknown.sort_unstable();
     if !unknown.is_empty() {
+        let mut expected = vec!["from", "to"];
+        expected.extend_from_slice(extra);
         return Err(format!(
-            "unknown query parameter(s): {} (expected from, to)",
-            unknown.join(", ")
+            "unknown query parameter(s): {} (expected {})",
+            unknown.join(", "),
+            expected.join(", ")
         ));
     }
     let parse = |name: &str| -> Result<Option<i64>, String> {
@@ -392,17 +412,213 @@ async fn alerts(
     })
 }
 
-/// The lakehouse twins of the window endpoints: reserved until the lakehouse exists.
+/// `version` or `as_of` (not both): which version of a gold table to read.
+fn parse_at(query: &HashMap<String, String>) -> Result<At, String> {
+    match (query.get("version"), query.get("as_of")) {
+        (Some(_), Some(_)) => Err("version and as_of: give one, not both".to_owned()),
+        (Some(v), None) => v
+            .parse::<u64>()
+            .map(At::Version)
+            .map_err(|_| format!("version: {v:?} is not a table version (an integer ≥ 0)")),
+        (None, Some(t)) => lambdalake_events::EventTime::parse_rfc3339("as_of", t)
+            .map(|t| At::Timestamp(t.millis()))
+            .map_err(|e| format!("as_of: {}", e.reason)),
+        (None, None) => Ok(At::Latest),
+    }
+}
+
+/// The range and the version of a lakehouse window query.
+fn lakehouse_query(
+    query: &HashMap<String, String>,
+    max_range: Duration,
+) -> Result<(Range, At), String> {
+    let range = parse_range_with(query, max_range, &["version", "as_of"])?;
+    Ok((range, parse_at(query)?))
+}
+
+fn read_error(e: lakehouse::ReadError, degraded: &mut Vec<String>) -> Option<HttpResponse> {
+    match e {
+        lakehouse::ReadError::BadRequest(m) => Some(bad_request(m)),
+        lakehouse::ReadError::Unavailable(m) => {
+            tracing::warn!(error = %m, "gold tables unreadable");
+            degraded.push("gold".to_owned());
+            None
+        }
+    }
+}
+
+/// One device's 1-minute windows from the lakehouse's gold table.
 #[utoipa::path(
     get,
     path = "/v1/lakehouse/sensors/{device_id}/windows",
-    params(("device_id" = String, Path, description = "The device")),
-    responses((status = 501, description = "The lakehouse is not built yet", body = ErrorBody))
+    params(
+        ("device_id" = String, Path, description = "The device (event id rules)"),
+        ("from" = Option<String>, Query, description = "RFC 3339; default: an hour before `to`"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
+        ("version" = Option<u64>, Query, description = "Time travel: the gold table's Delta version"),
+        ("as_of" = Option<String>, Query, description = "Time travel: the version current at this RFC 3339 instant"),
+    ),
+    responses(
+        (status = 200, description = "The windows, ordered by start (`source`: `gold`)", body = windows::SensorWindows),
+        (status = 400, description = "A bad id, time, range or version", body = ErrorBody),
+    )
 )]
-async fn lakehouse_reserved() -> HttpResponse {
-    HttpResponse::NotImplemented().json(ErrorBody {
-        error: "the lakehouse is not built yet: /v1/lakehouse/... answers once it is (same shapes as /v1/lambda/...)".to_owned(),
+async fn lakehouse_sensor_windows(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let device = path.into_inner();
+    let (range, at) = match check_id("device_id", &device)
+        .and_then(|()| lakehouse_query(&query, state.max_range))
+    {
+        Ok(r) => r,
+        Err(m) => return bad_request(m),
+    };
+    let mut degraded = Vec::new();
+    let read = match state
+        .lake
+        .windows(Table::GoldSensorWindows, "device_id", &device, &range, at)
+        .await
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            if let Some(answer) = read_error(e, &mut degraded) {
+                return answer;
+            }
+            None
+        }
+    };
+    let windows = match read.as_ref().map(lakehouse::sensor_windows).transpose() {
+        Ok(w) => w.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "gold tables unreadable");
+            degraded.push("gold".to_owned());
+            Vec::new()
+        }
+    };
+    let (batch, speed) = lakehouse::info(read.as_ref());
+    metrics::degraded(&degraded);
+    HttpResponse::Ok().json(windows::SensorWindows {
+        device_id: device,
+        windows,
+        batch,
+        speed,
+        degraded,
     })
+}
+
+/// One card's 1-minute windows from the lakehouse's gold table.
+#[utoipa::path(
+    get,
+    path = "/v1/lakehouse/cards/{card_id}/windows",
+    params(
+        ("card_id" = String, Path, description = "The card (event id rules)"),
+        ("from" = Option<String>, Query, description = "RFC 3339; default: an hour before `to`"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
+        ("version" = Option<u64>, Query, description = "Time travel: the gold table's Delta version"),
+        ("as_of" = Option<String>, Query, description = "Time travel: the version current at this RFC 3339 instant"),
+    ),
+    responses(
+        (status = 200, description = "The windows, ordered by start (`source`: `gold`)", body = windows::CardWindows),
+        (status = 400, description = "A bad id, time, range or version", body = ErrorBody),
+    )
+)]
+async fn lakehouse_card_windows(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let card = path.into_inner();
+    let (range, at) =
+        match check_id("card_id", &card).and_then(|()| lakehouse_query(&query, state.max_range)) {
+            Ok(r) => r,
+            Err(m) => return bad_request(m),
+        };
+    let mut degraded = Vec::new();
+    let read = match state
+        .lake
+        .windows(Table::GoldCardWindows, "card_id", &card, &range, at)
+        .await
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            if let Some(answer) = read_error(e, &mut degraded) {
+                return answer;
+            }
+            None
+        }
+    };
+    let windows = match read.as_ref().map(lakehouse::card_windows).transpose() {
+        Ok(w) => w.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "gold tables unreadable");
+            degraded.push("gold".to_owned());
+            Vec::new()
+        }
+    };
+    let (batch, speed) = lakehouse::info(read.as_ref());
+    metrics::degraded(&degraded);
+    HttpResponse::Ok().json(windows::CardWindows {
+        card_id: card,
+        windows,
+        batch,
+        speed,
+        degraded,
+    })
+}
+
+/// The newest commits of one lakehouse table: version, time, operation, rows added.
+#[utoipa::path(
+    get,
+    path = "/v1/lakehouse/tables/{name}/history",
+    params(
+        ("name" = String, Path, description = "bronze, silver_sensor_readings, silver_payments, silver_fraud_labels, gold_sensor_windows or gold_card_windows"),
+        ("limit" = Option<u16>, Query, description = "1 … 1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "Newest first", body = lakehouse::History),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 503, description = "The tables cannot be read", body = ErrorBody),
+    )
+)]
+async fn lakehouse_history(
+    state: web::Data<State>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let name = path.into_inner();
+    let Some(table) = Table::parse(&name) else {
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        return HttpResponse::NotFound().json(ErrorBody {
+            error: format!("no table {name:?}; the tables are {}", names.join(", ")),
+        });
+    };
+    let unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "limit")
+        .collect();
+    if !unknown.is_empty() {
+        return bad_request(format!(
+            "unknown query parameter(s): {} (expected limit)",
+            unknown.join(", ")
+        ));
+    }
+    let limit = match query.get("limit").map(|l| l.parse::<u16>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=1000).contains(&l) => l,
+        Some(_) => return bad_request("limit: must be an integer from 1 to 1000"),
+    };
+    match state.lake.history(table, usize::from(limit)).await {
+        Ok(h) => HttpResponse::Ok().json(h),
+        Err(lakehouse::ReadError::BadRequest(m)) => bad_request(m),
+        Err(lakehouse::ReadError::Unavailable(m)) => {
+            metrics::degraded(&["gold".to_owned()]);
+            HttpResponse::ServiceUnavailable().json(ErrorBody { error: m })
+        }
+    }
 }
 
 /// The live dashboard: one self-contained page (no external resource) polling the API.
@@ -458,11 +674,15 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/openapi.json", web::get().to(openapi))
             .route(
                 "/v1/lakehouse/sensors/{device_id}/windows",
-                web::get().to(lakehouse_reserved),
+                web::get().to(lakehouse_sensor_windows),
             )
             .route(
                 "/v1/lakehouse/cards/{card_id}/windows",
-                web::get().to(lakehouse_reserved),
+                web::get().to(lakehouse_card_windows),
+            )
+            .route(
+                "/v1/lakehouse/tables/{name}/history",
+                web::get().to(lakehouse_history),
             );
     }
 }
@@ -502,6 +722,10 @@ impl Application {
             keys: Keys::new(config.key_prefix.clone()),
             payments_topic: config.topics.payments.clone(),
             runs: cache::LatestRun::new(config.version_ttl),
+            lake: lakehouse::Reader::new(
+                lambdalake_lakehouse::tables::Location::parse(&config.lakehouse_tables).ok(),
+                config.version_ttl,
+            ),
             sensor_cache: cache::WindowCache::new(config.cache_windows / 2),
             card_cache: cache::WindowCache::new(config.cache_windows - config.cache_windows / 2),
             max_range: config.max_range,

@@ -45,7 +45,7 @@ pub struct Measure {
 }
 
 impl Measure {
-    fn new(min: f64, max: f64, sum_micro: i64, count: u64) -> Self {
+    pub(crate) fn new(min: f64, max: f64, sum_micro: i64, count: u64) -> Self {
         Measure {
             min,
             max,
@@ -64,6 +64,8 @@ impl Measure {
 pub enum Source {
     Batch,
     Speed,
+    /// The lakehouse's gold table (`/v1/lakehouse/...`).
+    Gold,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
