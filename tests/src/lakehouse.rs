@@ -618,3 +618,156 @@ async fn gold_equals_the_lambda_merged_view_after_the_recompute_and_travels_in_t
     let _ = std::fs::remove_dir_all(&master);
     let _ = std::fs::remove_dir_all(&lake.dir);
 }
+
+/// The Python interpreter with `deltalake` installed by `infra/local/stack install-pydelta`.
+fn pydelta() -> String {
+    std::env::var("LAMBDALAKE_PYDELTA").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/lambdalake/pydeltalake-1.6.6/bin/python")
+    })
+}
+
+/// What Python `deltalake` (an independent reader) sees in the tables at `dir`: per table its
+/// version and rows (bronze: coordinates; gold sensor windows: every column but the update time).
+fn read_with_python(dir: &Path) -> serde_json::Value {
+    let script = r#"
+import json, sys
+from deltalake import DeltaTable
+root = sys.argv[1]
+out = {}
+for name in ["bronze", "silver_sensor_readings", "silver_payments", "gold_sensor_windows", "gold_card_windows"]:
+    dt = DeltaTable(f"{root}/{name}")
+    t = dt.to_pyarrow_table()
+    out[name] = {"version": dt.version(), "rows": t.num_rows}
+b = DeltaTable(f"{root}/bronze").to_pyarrow_table(columns=["topic", "kafka_partition", "kafka_offset"]).to_pylist()
+out["bronze_rows"] = sorted([r["topic"], r["kafka_partition"], r["kafka_offset"]] for r in b)
+g = DeltaTable(f"{root}/gold_sensor_windows").to_pyarrow_table().to_pylist()
+out["gold_rows"] = sorted([r["device_id"], r["start_ms"], r["count"], r["temperature_min"], r["temperature_max"],
+    r["temperature_sum_micro"], r["vibration_min"], r["vibration_max"], r["vibration_sum_micro"]] for r in g)
+print(json.dumps(out))
+"#;
+    let python = pydelta();
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python} (install it with `infra/local/stack install-pydelta`): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "Python deltalake failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the Python reader")
+}
+
+/// The tables are valid Delta (Python `deltalake` reads the same rows); OPTIMIZE compacts them
+/// while time travel still reaches the versions before it; VACUUM keeps the files a version
+/// inside the retention needs and deletes them once outside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_independent_reader_agrees_and_vacuum_respects_retention() {
+    use lambdalake_lakehouse::maintenance;
+    use lambdalake_lakehouse::tables::At;
+
+    let mut s = Setup::new();
+    let mut lake = Lake::new();
+    let (sensors, payments) = stream_spaced(2_000, 8, 0.05, 400);
+    let mut guard = Kill(vec![lake.spawn(&s, &[])]);
+    for (a, b) in sensors.chunks(100).zip(payments.chunks(100)) {
+        s.send_sensors(a).await;
+        s.send_payments(b).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_bronze(&s, &lake, Duration::from_secs(60)).await;
+    wait_gold(&s, &lake, Duration::from_secs(60)).await;
+    guard.0[0].kill().expect("stop the lakehouse");
+    let _ = guard.0[0].wait();
+    assert_tables(&s, &lake).await;
+
+    // Python deltalake: same versions, rows, bronze coordinates and gold windows
+    let py = read_with_python(&lake.dir);
+    let location = Location::parse(lake.dir.to_str().unwrap()).unwrap();
+    for t in [
+        Table::Bronze,
+        Table::SilverSensorReadings,
+        Table::SilverPayments,
+        Table::GoldSensorWindows,
+        Table::GoldCardWindows,
+    ] {
+        let ours = location.load(t, At::Latest).await.unwrap();
+        assert_eq!(
+            py[t.name()]["version"].as_u64(),
+            ours.version(),
+            "{}",
+            t.name()
+        );
+    }
+    let bronze: Vec<(String, i32, i64)> = bronze_rows(&lake.dir).await.into_keys().collect();
+    let py_bronze: Vec<(String, i32, i64)> =
+        serde_json::from_value(py["bronze_rows"].clone()).unwrap();
+    assert_eq!(py_bronze, bronze);
+    let gold = gold_sensors(&lake.dir).await;
+    let py_gold: Vec<(String, i64, i64, f64, f64, i64, f64, f64, i64)> =
+        serde_json::from_value(py["gold_rows"].clone()).unwrap();
+    let ours: Vec<(String, i64, i64, f64, f64, i64, f64, f64, i64)> = gold
+        .iter()
+        .map(|((d, s), v)| (d.clone(), *s, v.0, v.1, v.2, v.3, v.4, v.5, v.6))
+        .collect();
+    assert_eq!(py_gold, ours);
+
+    // OPTIMIZE of bronze (appended to by every micro-batch: many small files): fewer files,
+    // same rows; the version before it is still readable
+    let before = location.load(Table::Bronze, At::Latest).await.unwrap();
+    let v_before = before.version().unwrap();
+    let files_before = before.get_file_uris().unwrap().count();
+    let (optimized, summary) = maintenance::optimize(before).await.unwrap();
+    assert!(optimized.version().unwrap() > v_before, "{summary}");
+    assert!(
+        optimized.get_file_uris().unwrap().count() < files_before,
+        "{summary}"
+    );
+    let read_at = |at: At| {
+        let location = location.clone();
+        async move {
+            let t = location.load(Table::Bronze, at).await?;
+            let ctx = SessionContext::new();
+            t.update_datafusion_session(&ctx.state())?;
+            ctx.register_table("t", t.table_provider().await?)?;
+            let n = ctx
+                .sql("select count(*) as n, count(distinct (kafka_partition, kafka_offset, topic)) as c from t")
+                .await?
+                .collect()
+                .await?;
+            Ok::<_, Box<dyn std::error::Error>>((
+                col::<Int64Array>(&n[0], "n").value(0),
+                col::<Int64Array>(&n[0], "c").value(0),
+            ))
+        }
+    };
+    let records: i64 = s.ends.values().sum();
+    let rows = (records, records);
+    assert_eq!(read_at(At::Latest).await.unwrap(), rows);
+    assert_eq!(read_at(At::Version(v_before)).await.unwrap(), rows);
+
+    // VACUUM with a retention the compacted files are inside of: nothing deleted, time travel
+    // still works
+    let (t, deleted) = maintenance::vacuum(optimized, Duration::from_secs(3_600))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 0);
+    assert_eq!(read_at(At::Version(v_before)).await.unwrap(), rows);
+    // VACUUM with no retention: the files only old versions use are gone, so is the travel
+    // back to them; the latest version is whole
+    let (_, deleted) = maintenance::vacuum(t, Duration::ZERO).await.unwrap();
+    assert!(deleted > 0);
+    assert!(
+        read_at(At::Version(v_before)).await.is_err(),
+        "the old files are gone"
+    );
+    assert_eq!(read_at(At::Latest).await.unwrap(), rows);
+    let py = read_with_python(&lake.dir);
+    assert_eq!(py["bronze"]["rows"].as_i64(), Some(records));
+    let _ = std::fs::remove_dir_all(&lake.dir);
+}
