@@ -619,6 +619,9 @@ async fn gold_equals_the_lambda_merged_view_after_the_recompute_and_travels_in_t
     let _ = std::fs::remove_dir_all(&lake.dir);
 }
 
+/// A gold sensor window as the Python reader lists it: device, start, then [`SensorRow`].
+type GoldRow = (String, i64, i64, f64, f64, i64, f64, f64, i64);
+
 /// The Python interpreter with `deltalake` installed by `infra/local/stack install-pydelta`.
 fn pydelta() -> String {
     std::env::var("LAMBDALAKE_PYDELTA").unwrap_or_else(|_| {
@@ -709,9 +712,8 @@ async fn an_independent_reader_agrees_and_vacuum_respects_retention() {
         serde_json::from_value(py["bronze_rows"].clone()).unwrap();
     assert_eq!(py_bronze, bronze);
     let gold = gold_sensors(&lake.dir).await;
-    let py_gold: Vec<(String, i64, i64, f64, f64, i64, f64, f64, i64)> =
-        serde_json::from_value(py["gold_rows"].clone()).unwrap();
-    let ours: Vec<(String, i64, i64, f64, f64, i64, f64, f64, i64)> = gold
+    let py_gold: Vec<GoldRow> = serde_json::from_value(py["gold_rows"].clone()).unwrap();
+    let ours: Vec<GoldRow> = gold
         .iter()
         .map(|((d, s), v)| (d.clone(), *s, v.0, v.1, v.2, v.3, v.4, v.5, v.6))
         .collect();
