@@ -685,6 +685,34 @@ async fn an_independent_reader_agrees_and_vacuum_respects_retention() {
     }
     wait_bronze(&s, &lake, Duration::from_secs(60)).await;
     wait_gold(&s, &lake, Duration::from_secs(60)).await;
+    // /metrics names every series and counts what was written
+    let log = std::fs::read_to_string(lake.logs.last().unwrap()).unwrap();
+    let port = log
+        .split("lakehouse ready")
+        .nth(1)
+        .and_then(|l| l.split("port=").nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .expect("the port in the log");
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in lambdalake_lakehouse::metrics::NAMES {
+        assert!(page.contains(name), "{name} missing from /metrics");
+    }
+    let written = page
+        .lines()
+        .find(|l| l.starts_with(r#"lambdalake_lakehouse_rows_total{table="bronze"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the bronze rows series");
+    assert_eq!(written as i64, s.ends.values().sum::<i64>());
+    assert!(
+        page.contains(r#"lambdalake_lakehouse_dropped_total{reason="duplicate""#),
+        "duplicates are counted"
+    );
     guard.0[0].kill().expect("stop the lakehouse");
     let _ = guard.0[0].wait();
     assert_tables(&s, &lake).await;

@@ -3,6 +3,7 @@
 //! ([`tables`]), with OPTIMIZE and VACUUM while it streams ([`maintenance`]).
 //! `docs/lakehouse.md` documents the design.
 
+pub mod bench;
 mod config;
 pub mod maintenance;
 pub mod metrics;

@@ -7,8 +7,26 @@ use lambdalake_lakehouse::{Application, Config};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-#[allow(clippy::print_stderr, reason = "before logging is set up")]
+#[allow(
+    clippy::print_stderr,
+    clippy::print_stdout,
+    reason = "before logging is set up; the bench's own output"
+)]
 async fn main() -> ExitCode {
+    // `lambdalake-lakehouse bench [--commits N] [--rows N] [--dir D]`
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        let args = lambdalake_lakehouse::bench::BenchArgs::parse_from(std::env::args().skip(1));
+        return match lambdalake_lakehouse::bench::bench(&args).await {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lambdalake-lakehouse: bench failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = Config::parse();
     if let Err(e) = lambdalake_runtime::telemetry::init(&config.telemetry) {
         eprintln!("lambdalake-lakehouse: {e}");

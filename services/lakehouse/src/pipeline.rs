@@ -243,13 +243,13 @@ impl Context {
 }
 
 /// One Kafka record.
-struct Record {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<String>,
-    value: Vec<u8>,
-    kafka_ts: Option<i64>,
+pub(crate) struct Record {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<String>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) kafka_ts: Option<i64>,
 }
 
 struct Part {
@@ -1139,7 +1139,7 @@ fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch, Stri
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
-fn bronze_batch(records: &[&Record]) -> Result<RecordBatch, String> {
+pub(crate) fn bronze_batch(records: &[&Record]) -> Result<RecordBatch, String> {
     let now = chrono::Utc::now().timestamp_millis();
     batch(
         vec![
