@@ -27,6 +27,8 @@ fn lakehouse_binary() -> PathBuf {
 /// A lakehouse deployment: its topics (those of `s`), group and table directory.
 struct Lake {
     dir: PathBuf,
+    /// Where the tables are: `dir`, or an `s3://` location.
+    tables: String,
     group: String,
     labels: String,
     logs: Vec<PathBuf>,
@@ -34,8 +36,10 @@ struct Lake {
 
 impl Lake {
     fn new() -> Lake {
+        let dir = std::env::temp_dir().join(unique("ll-lakehouse"));
         Lake {
-            dir: std::env::temp_dir().join(unique("ll-lakehouse")),
+            tables: dir.to_str().expect("a UTF-8 path").to_owned(),
+            dir,
             group: unique("it-lakehouse"),
             labels: unique("it-labels"),
             logs: Vec::new(),
@@ -58,7 +62,7 @@ impl Lake {
             "--group",
             &self.group,
             "--tables",
-            self.dir.to_str().expect("a UTF-8 path"),
+            &self.tables,
             "--trigger",
             "300ms",
             "--kafka-option",
@@ -102,8 +106,8 @@ impl Lake {
 }
 
 /// Run `sql` over one table (registered as `t`) at its latest version.
-pub(crate) async fn query(dir: &Path, table: Table, sql: &str) -> Vec<RecordBatch> {
-    let location = Location::parse(dir.to_str().unwrap()).unwrap();
+pub(crate) async fn query(tables: &str, table: Table, sql: &str) -> Vec<RecordBatch> {
+    let location = Location::parse(tables).unwrap();
     let t = location.open(table, 10).await.expect("the table opens");
     let ctx = SessionContext::new();
     t.update_datafusion_session(&ctx.state()).unwrap();
@@ -130,7 +134,7 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
 }
 
 /// Bronze's (topic, partition, offset) → how many rows.
-async fn bronze_rows(dir: &Path) -> BTreeMap<(String, i32, i64), usize> {
+async fn bronze_rows(dir: &str) -> BTreeMap<(String, i32, i64), usize> {
     let mut out = BTreeMap::new();
     for b in query(
         dir,
@@ -156,7 +160,7 @@ async fn bronze_rows(dir: &Path) -> BTreeMap<(String, i32, i64), usize> {
 /// Gold sensor windows: (device, start) → (count, t min, t max, t sum µ, v min, v max, v sum µ).
 type SensorRow = (i64, f64, f64, i64, f64, f64, i64);
 
-async fn gold_sensors(dir: &Path) -> BTreeMap<(String, i64), SensorRow> {
+async fn gold_sensors(dir: &str) -> BTreeMap<(String, i64), SensorRow> {
     let mut out = BTreeMap::new();
     for b in query(dir, Table::GoldSensorWindows, "select * from t").await {
         let d = text(&b, "device_id");
@@ -215,7 +219,7 @@ fn expected_sensors(view: &Keyed<SensorAgg>) -> BTreeMap<(String, i64), SensorRo
         .collect()
 }
 
-async fn gold_cards(dir: &Path) -> BTreeMap<(String, i64), (i64, i64, i64)> {
+async fn gold_cards(dir: &str) -> BTreeMap<(String, i64), (i64, i64, i64)> {
     let mut out = BTreeMap::new();
     for b in query(dir, Table::GoldCardWindows, "select * from t").await {
         let c = text(&b, "card_id");
@@ -250,7 +254,7 @@ async fn wait_bronze(s: &Setup, lake: &Lake, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let want: usize = s.ends.values().map(|e| *e as usize).sum();
     loop {
-        let rows = bronze_rows(&lake.dir).await;
+        let rows = bronze_rows(&lake.tables).await;
         let distinct = rows.len();
         if distinct >= want {
             return;
@@ -267,7 +271,7 @@ async fn wait_bronze(s: &Setup, lake: &Lake, timeout: Duration) {
 /// Every table exact: bronze holds each Kafka record once, silver each valid event once, gold
 /// the windows of `lambdalake-views` over everything sent.
 async fn assert_tables(s: &Setup, lake: &Lake) {
-    let rows = bronze_rows(&lake.dir).await;
+    let rows = bronze_rows(&lake.tables).await;
     let doubled: Vec<_> = rows.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         doubled.is_empty(),
@@ -289,7 +293,7 @@ async fn assert_tables(s: &Setup, lake: &Lake) {
         (Table::SilverPayments, table::dedupe(&s.payments).len()),
     ] {
         let b = query(
-            &lake.dir,
+            &lake.tables,
             table,
             "select count(*) as n, count(distinct event_id) as d from t",
         )
@@ -301,22 +305,44 @@ async fn assert_tables(s: &Setup, lake: &Lake) {
         assert_eq!((n, d), (sent as i64, sent as i64), "{}", table.name());
     }
 
-    let sensors = gold_sensors(&lake.dir).await;
+    let sensors = gold_sensors(&lake.tables).await;
     let want = expected_sensors(&table::sensor_windows(&s.sensors, WindowSpec::ONE_MINUTE));
     assert_eq!(sensors.len(), want.len());
     assert_eq!(sensors, want, "gold sensor windows");
-    let cards = gold_cards(&lake.dir).await;
+    let cards = gold_cards(&lake.tables).await;
     let want = expected_cards(&table::card_windows(&s.payments, WindowSpec::ONE_MINUTE));
     assert_eq!(cards, want, "gold card windows");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_keeps_bronze_silver_and_gold_exact() {
-    let mut s = Setup::new();
     let mut lake = Lake::new();
+    killed_at_random_moments(&mut lake, 12_000, 6).await;
+    let _ = std::fs::remove_dir_all(&lake.dir);
+}
+
+/// The same on the stack's S3-compatible store: commits are conditional puts.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_s3_sigkills_keep_every_table_exact() {
+    let bucket =
+        std::env::var("LAMBDALAKE_S3_URL").unwrap_or_else(|_| "s3://lambdalake".to_owned());
+    let mut lake = Lake::new();
+    lake.tables = format!(
+        "{}/{}",
+        bucket.trim_end_matches('/'),
+        unique("it-lakehouse")
+    );
+    killed_at_random_moments(&mut lake, 4_000, 3).await;
+    assert!(!lake.dir.exists(), "nothing was written to the local disk");
+}
+
+/// Events flow (duplicates, out-of-order, one very late) while the lakehouse is SIGKILLed `kills`
+/// times at random moments; then every table is exact.
+async fn killed_at_random_moments(lake: &mut Lake, events: usize, kills_wanted: usize) {
+    let mut s = Setup::new();
     // duplicates (5%) and out-of-order event times, 600 ms apart: late events for a windowed
     // stream processor, corrections for gold
-    let (sensors, payments) = stream_spaced(12_000, 30, 0.05, 600);
+    let (sensors, payments) = stream_spaced(events, 30, 0.05, 600);
     let mut guard = Kill(vec![lake.spawn(&s, &[])]);
     let mut kills = 0;
     let mut rng = rand::rng();
@@ -325,7 +351,7 @@ async fn sigkill_at_random_moments_keeps_bronze_silver_and_gold_exact() {
     let mut sent = 0;
     // each instance is killed at a random moment once it has its partitions, while events flow
     // (micro-batches every 300 ms: kills land before, during and after commits)
-    while kills < 6 {
+    while kills < kills_wanted {
         lake.wait_assigned(Duration::from_secs(60)).await;
         let kill_at = Instant::now() + Duration::from_millis(rng.random_range(300..2_500));
         while Instant::now() < kill_at {
@@ -356,36 +382,20 @@ async fn sigkill_at_random_moments_keeps_bronze_silver_and_gold_exact() {
         0.5,
     )])
     .await;
-    wait_bronze(&s, &lake, Duration::from_secs(120)).await;
-    // bronze is written first: wait until gold caught up (the counts match)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let readings: i64 = gold_sensors(&lake.dir).await.values().map(|v| v.0).sum();
-        let payments: i64 = gold_cards(&lake.dir).await.values().map(|v| v.0).sum();
-        if readings as usize == table::dedupe(&s.sensors).len()
-            && payments as usize == table::dedupe(&s.payments).len()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gold has {readings} readings and {payments} payments; logs: {}",
-            lake.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert!(kills >= 5);
-    assert_tables(&s, &lake).await;
+    wait_bronze(&s, lake, Duration::from_secs(120)).await;
+    // bronze is written first: wait until gold caught up
+    wait_gold(&s, lake, Duration::from_secs(60)).await;
+    assert_eq!(kills, kills_wanted);
+    assert_tables(&s, lake).await;
     drop(guard);
-    let _ = std::fs::remove_dir_all(&lake.dir);
 }
 
 /// Wait until gold counts every reading and payment sent (bronze and silver come first).
 async fn wait_gold(s: &Setup, lake: &Lake, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let readings: i64 = gold_sensors(&lake.dir).await.values().map(|v| v.0).sum();
-        let payments: i64 = gold_cards(&lake.dir).await.values().map(|v| v.0).sum();
+        let readings: i64 = gold_sensors(&lake.tables).await.values().map(|v| v.0).sum();
+        let payments: i64 = gold_cards(&lake.tables).await.values().map(|v| v.0).sum();
         if readings as usize == table::dedupe(&s.sensors).len()
             && payments as usize == table::dedupe(&s.payments).len()
         {
@@ -446,12 +456,7 @@ async fn gold_equals_the_lambda_merged_view_after_the_recompute_and_travels_in_t
         &s.prefix,
         &s.sensor,
         &s.payment,
-        &[
-            "--lakehouse-tables",
-            lake.dir.to_str().unwrap(),
-            "--version-ttl",
-            "1ms",
-        ],
+        &["--lakehouse-tables", &lake.tables, "--version-ttl", "1ms"],
     )
     .await;
     let http = reqwest::Client::new();
@@ -719,7 +724,7 @@ async fn an_independent_reader_agrees_and_vacuum_respects_retention() {
 
     // Python deltalake: same versions, rows, bronze coordinates and gold windows
     let py = read_with_python(&lake.dir);
-    let location = Location::parse(lake.dir.to_str().unwrap()).unwrap();
+    let location = Location::parse(&lake.tables).unwrap();
     for t in [
         Table::Bronze,
         Table::SilverSensorReadings,
@@ -735,11 +740,11 @@ async fn an_independent_reader_agrees_and_vacuum_respects_retention() {
             t.name()
         );
     }
-    let bronze: Vec<(String, i32, i64)> = bronze_rows(&lake.dir).await.into_keys().collect();
+    let bronze: Vec<(String, i32, i64)> = bronze_rows(&lake.tables).await.into_keys().collect();
     let py_bronze: Vec<(String, i32, i64)> =
         serde_json::from_value(py["bronze_rows"].clone()).unwrap();
     assert_eq!(py_bronze, bronze);
-    let gold = gold_sensors(&lake.dir).await;
+    let gold = gold_sensors(&lake.tables).await;
     let py_gold: Vec<GoldRow> = serde_json::from_value(py["gold_rows"].clone()).unwrap();
     let ours: Vec<GoldRow> = gold
         .iter()
