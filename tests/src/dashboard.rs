@@ -188,13 +188,24 @@ async fn the_dashboard_loads_cleanly_and_its_numbers_move_as_events_arrive() {
             )
         })
         .collect();
+    // the lakehouse on the same stream: the Lambda-vs-Lakehouse panel fills
+    let mut lake = crate::lakehouse::Lake::new();
+    let _lake_guard = Kill(vec![lake.spawn(&s, &[])]);
     s.send_sensors(&first).await;
     s.wait_applied(Duration::from_secs(60));
+    crate::lakehouse::wait_gold(&s, &lake, Duration::from_secs(60)).await;
     let url = crate::batch::fresh_database().await;
     let redis = std::env::var("LAMBDALAKE_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned());
-    let (base, token) =
-        crate::serving::serve_topics(&url, &redis, &s.prefix, &s.sensor, &s.payment).await;
+    let (base, token) = crate::serving::serve_with(
+        &url,
+        &redis,
+        &s.prefix,
+        &s.sensor,
+        &s.payment,
+        &["--lakehouse-tables", &lake.tables],
+    )
+    .await;
     let (chrome, port, profile) = chromium();
     let mut guard = Kill(vec![chrome]);
     let page_url = format!("{base}/?device=d0");
@@ -223,6 +234,23 @@ async fn the_dashboard_loads_cleanly_and_its_numbers_move_as_events_arrive() {
         bars.as_u64().unwrap() >= 1,
         "the windows chart has bars: {bars}"
     );
+    // Lambda vs Lakehouse: gold's version, and every window of the device equal in both
+    let lake_version = tokio::task::block_in_place(|| {
+        page.eval("document.getElementById('lake-version').textContent")
+    });
+    assert!(
+        lake_version.as_str().unwrap().starts_with('v'),
+        "{lake_version}"
+    );
+    let agree = tokio::task::block_in_place(|| {
+        page.eval("document.getElementById('lake-agree').textContent")
+    });
+    let (same, all) = agree
+        .as_str()
+        .and_then(|a| a.split_once(" / "))
+        .unwrap_or_else(|| panic!("windows compared: {agree}"));
+    assert_eq!(same, all, "{agree}");
+    assert!(all.parse::<u32>().unwrap() >= 1, "{agree}");
 
     // more events arrive: the page shows them without a reload
     let more: Vec<String> = (0..200)
@@ -272,4 +300,5 @@ async fn the_dashboard_loads_cleanly_and_its_numbers_move_as_events_arrive() {
     guard.0[0].wait().ok();
     token.cancel();
     let _ = std::fs::remove_dir_all(&profile);
+    let _ = std::fs::remove_dir_all(&lake.dir);
 }

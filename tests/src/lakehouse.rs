@@ -25,17 +25,17 @@ fn lakehouse_binary() -> PathBuf {
 }
 
 /// A lakehouse deployment: its topics (those of `s`), group and table directory.
-struct Lake {
-    dir: PathBuf,
+pub(crate) struct Lake {
+    pub(crate) dir: PathBuf,
     /// Where the tables are: `dir`, or an `s3://` location.
-    tables: String,
+    pub(crate) tables: String,
     group: String,
     labels: String,
     logs: Vec<PathBuf>,
 }
 
 impl Lake {
-    fn new() -> Lake {
+    pub(crate) fn new() -> Lake {
         let dir = std::env::temp_dir().join(unique("ll-lakehouse"));
         Lake {
             tables: dir.to_str().expect("a UTF-8 path").to_owned(),
@@ -46,7 +46,7 @@ impl Lake {
         }
     }
 
-    fn spawn(&mut self, s: &Setup, extra: &[&str]) -> Child {
+    pub(crate) fn spawn(&mut self, s: &Setup, extra: &[&str]) -> Child {
         let log = std::env::temp_dir().join(format!("{}-{}.log", self.group, self.logs.len()));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(lakehouse_binary());
@@ -391,7 +391,7 @@ async fn killed_at_random_moments(lake: &mut Lake, events: usize, kills_wanted: 
 }
 
 /// Wait until gold counts every reading and payment sent (bronze and silver come first).
-async fn wait_gold(s: &Setup, lake: &Lake, timeout: Duration) {
+pub(crate) async fn wait_gold(s: &Setup, lake: &Lake, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let readings: i64 = gold_sensors(&lake.tables).await.values().map(|v| v.0).sum();
@@ -491,6 +491,30 @@ async fn gold_equals_the_lambda_merged_view_after_the_recompute_and_travels_in_t
         )
         .await;
         assert_eq!(values(&gold), values(&lambda), "{kind} {key}");
+    }
+
+    // the overview's lakehouse part: gold's version, bronze caught up with Kafka
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, o) = get(&http, &format!("{base}/v1/overview")).await;
+        assert_eq!(status, 200, "{o}");
+        check_openapi(&http, &base, "/v1/overview", 200, &o).await;
+        let lake_part = &o["lakehouse"];
+        if lake_part["lag_records"] == 0 {
+            let gold = Location::parse(&lake.tables)
+                .unwrap()
+                .load(
+                    Table::GoldSensorWindows,
+                    lambdalake_lakehouse::tables::At::Latest,
+                )
+                .await
+                .unwrap();
+            assert_eq!(lake_part["gold_version"].as_u64(), gold.version(), "{o}");
+            assert!(lake_part["freshness_ms"].as_i64().is_some(), "{o}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{o}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     // a reading 8 minutes behind the stream: the speed layer drops it (late), the lakehouse

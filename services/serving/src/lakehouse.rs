@@ -159,6 +159,29 @@ impl Reader {
         })
     }
 
+    /// The gold sensor table's latest version and commit time, and the offset bronze recorded for
+    /// each of `parts` (absent: none).
+    pub async fn progress(
+        &self,
+        parts: &[(String, i32)],
+    ) -> Result<(i64, Option<i64>, HashMap<(String, i32), i64>), ReadError> {
+        let (gold, committed) = self.table(Table::GoldSensorWindows, At::Latest).await?;
+        let (bronze, _) = self.table(Table::Bronze, At::Latest).await?;
+        let ids: Vec<String> = parts
+            .iter()
+            .map(|(t, p)| lambdalake_lakehouse::tables::app_id(t, *p))
+            .collect();
+        let stored = lambdalake_lakehouse::tables::stored_offsets(&bronze, &ids)
+            .await
+            .map_err(|e| ReadError::Unavailable(format!("bronze: {e}")))?;
+        let offsets = parts
+            .iter()
+            .zip(&ids)
+            .filter_map(|(part, id)| stored.get(id).map(|o| (part.clone(), *o)))
+            .collect();
+        Ok((gold.version().map_or(-1, |v| v as i64), committed, offsets))
+    }
+
     /// The newest `limit` commits of `table`, newest first.
     pub async fn history(&self, table: Table, limit: usize) -> Result<History, ReadError> {
         let (t, _) = self.table(table, At::Latest).await?;

@@ -112,14 +112,24 @@ pub struct Batch {
     pub lag_records: Option<i64>,
 }
 
+/// The lakehouse, when its tables can be read.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Lakehouse {
+    /// The gold sensor table's latest Delta version.
+    pub gold_version: i64,
+    /// Time since that version was committed.
+    pub freshness_ms: Option<i64>,
+    /// Records in Kafka beyond the offsets bronze recorded (`null` without Kafka).
+    pub lag_records: Option<i64>,
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Overview {
     pub ingest: Ingest,
     pub speed: Speed,
     pub batch: Batch,
-    /// Filled when the lakehouse exists.
-    #[schema(value_type = Option<Object>)]
-    pub lakehouse: Option<serde_json::Value>,
+    /// `null` when the lakehouse's tables cannot be read (not deployed, or not created yet).
+    pub lakehouse: Option<Lakehouse>,
     pub degraded: Vec<String>,
 }
 
@@ -218,6 +228,21 @@ pub async fn overview(state: &State) -> Overview {
             }
         }
     };
+    let parts: Vec<(String, i32)> = marks.high.keys().cloned().collect();
+    let lakehouse = match state.lake.progress(&parts).await {
+        Ok((gold_version, committed, offsets)) => Some(Lakehouse {
+            gold_version,
+            freshness_ms: committed.map(|c| (now - c).max(0)),
+            lag_records: kafka_ok.then(|| {
+                marks
+                    .high
+                    .iter()
+                    .map(|(part, h)| (h - offsets.get(part).copied().unwrap_or(0)).max(0))
+                    .sum()
+            }),
+        }),
+        Err(_) => None,
+    };
     Overview {
         ingest: Ingest {
             events_total: kafka_ok.then_some(marks.total),
@@ -228,7 +253,7 @@ pub async fn overview(state: &State) -> Overview {
             lag_records: speed_lag,
         },
         batch,
-        lakehouse: None,
+        lakehouse,
         degraded,
     }
 }
