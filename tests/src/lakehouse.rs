@@ -312,6 +312,115 @@ async fn assert_tables(s: &Setup, lake: &Lake) {
     let cards = gold_cards(&lake.tables).await;
     let want = expected_cards(&table::card_windows(&s.payments, WindowSpec::ONE_MINUTE));
     assert_eq!(cards, want, "gold card windows");
+    assert_scores_and_alerts(s, lake).await;
+}
+
+/// Gold's fraud scores and alerts, recomputed from bronze (the Kafka log, in offset order): each
+/// payment's first occurrence scored by the shared rules on its card's earlier payments (lower
+/// offsets of its partition, within a day); an alert per payment at or above 0.8 and per reading
+/// past the sensor thresholds.
+async fn assert_scores_and_alerts(s: &Setup, lake: &Lake) {
+    use lambdalake_events::{Event, Payment, Policy, SensorReading};
+    use lambdalake_views::fraud;
+
+    let mut log: Vec<(String, i32, i64, Vec<u8>)> = Vec::new();
+    for b in query(
+        &lake.tables,
+        Table::Bronze,
+        "select topic, kafka_partition, kafka_offset, value from t",
+    )
+    .await
+    {
+        let (t, p, o) = (
+            text(&b, "topic"),
+            col::<Int32Array>(&b, "kafka_partition"),
+            col::<Int64Array>(&b, "kafka_offset"),
+        );
+        let v = cast(b.column_by_name("value").unwrap(), &DataType::Binary).unwrap();
+        let v = v
+            .as_any()
+            .downcast_ref::<lambdalake_lakehouse::deltalake_core::arrow::array::BinaryArray>()
+            .unwrap()
+            .clone();
+        for i in 0..b.num_rows() {
+            log.push((
+                t.value(i).to_owned(),
+                p.value(i),
+                o.value(i),
+                v.value(i).to_vec(),
+            ));
+        }
+    }
+    log.sort_by(|a, b| (a.1, a.2, &a.0).cmp(&(b.1, b.2, &b.0)));
+    let policy = Policy::stored();
+    let mut seen_ids = std::collections::HashSet::new();
+    // (card, partition) → (offset, seen) of first occurrences so far
+    let mut history: std::collections::HashMap<(String, i32), Vec<(i64, fraud::Seen)>> =
+        std::collections::HashMap::new();
+    let mut want_scores: BTreeMap<String, f64> = BTreeMap::new();
+    let mut want_alerts: Vec<String> = Vec::new();
+    for (topic, p, o, value) in &log {
+        if *topic == s.payment {
+            let Ok(pay) = Payment::from_json(value, &policy) else {
+                continue;
+            };
+            if !seen_ids.insert(pay.event_id().as_str().to_owned()) {
+                continue;
+            }
+            let ts = pay.ts.millis();
+            let h = history
+                .entry((pay.card_id.as_str().to_owned(), *p))
+                .or_default();
+            let earlier: Vec<fraud::Seen> = h
+                .iter()
+                .filter(|(off, seen)| {
+                    off < o && seen.ts_ms >= ts - lambdalake_lakehouse::pipeline::HISTORY_MS
+                })
+                .map(|(_, seen)| *seen)
+                .collect();
+            let score = fraud::score(&fraud::features(&pay, &earlier, None), None);
+            if score.value >= 0.8 {
+                want_alerts.push(format!("fraud:{}", pay.event_id.as_str()));
+            }
+            want_scores.insert(pay.event_id.as_str().to_owned(), score.value);
+            h.push((*o, fraud::Seen::from(&pay)));
+        } else if *topic == s.sensor {
+            let Ok(r) = SensorReading::from_json(value, &policy) else {
+                continue;
+            };
+            if seen_ids.insert(r.event_id().as_str().to_owned())
+                && !fraud::sensor_alerts(&r, None).is_empty()
+            {
+                want_alerts.push(format!("sensor:{}", r.event_id.as_str()));
+            }
+        }
+    }
+    let mut got_scores: BTreeMap<String, f64> = BTreeMap::new();
+    for b in query(
+        &lake.tables,
+        Table::GoldFraudScores,
+        "select event_id, score from t",
+    )
+    .await
+    {
+        let id = text(&b, "event_id");
+        let sc = col::<Float64Array>(&b, "score");
+        for i in 0..b.num_rows() {
+            let prev = got_scores.insert(id.value(i).to_owned(), sc.value(i));
+            assert!(prev.is_none(), "payment {} scored twice", id.value(i));
+        }
+    }
+    assert_eq!(got_scores.len(), table::dedupe(&s.payments).len());
+    assert_eq!(got_scores, want_scores, "gold fraud scores");
+    let mut got_alerts: Vec<String> = Vec::new();
+    for b in query(&lake.tables, Table::GoldAlerts, "select alert_id from t").await {
+        let id = text(&b, "alert_id");
+        got_alerts.extend((0..b.num_rows()).map(|i| id.value(i).to_owned()));
+    }
+    got_alerts.sort();
+    want_alerts.sort();
+    assert!(!want_alerts.is_empty(), "the stream raises alerts");
+    assert_eq!(got_alerts, want_alerts, "gold alerts, each once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,18 +505,39 @@ pub(crate) async fn wait_gold(s: &Setup, lake: &Lake, timeout: Duration) {
     loop {
         let readings: i64 = gold_sensors(&lake.tables).await.values().map(|v| v.0).sum();
         let payments: i64 = gold_cards(&lake.tables).await.values().map(|v| v.0).sum();
+        let scores = count(&lake.tables, Table::GoldFraudScores).await;
         if readings as usize == table::dedupe(&s.sensors).len()
             && payments as usize == table::dedupe(&s.payments).len()
+            && scores as usize == table::dedupe(&s.payments).len()
         {
-            return;
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "gold has {readings} readings and {payments} payments after {timeout:?}; logs: {}",
+            "gold has {readings} readings, {payments} payments and {scores} scores after {timeout:?}; logs: {}",
             lake.logs()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // the alerts of the last micro-batch are committed right after its scores: wait until their
+    // number holds still for a second
+    let mut last = count(&lake.tables, Table::GoldAlerts).await;
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = count(&lake.tables, Table::GoldAlerts).await;
+        if n != last {
+            last = n;
+            still_since = Instant::now();
+        }
+        assert!(Instant::now() < deadline, "gold_alerts keeps changing");
+    }
+}
+
+/// Rows in one table.
+async fn count(tables: &str, table: Table) -> i64 {
+    let b = query(tables, table, "select count(*) as n from t").await;
+    col::<Int64Array>(&b[0], "n").value(0)
 }
 
 /// The windows of an answer without their source: what both architectures must agree on.

@@ -73,6 +73,14 @@ pub struct Config {
     #[arg(long, env = "LAMBDALAKE_LAKEHOUSE_VACUUM_RETENTION", value_parser = humantime::parse_duration, default_value = "168h")]
     pub vacuum_retention: Duration,
 
+    /// A payment whose fraud score is at or above this is written to `gold_alerts`.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_LAKEHOUSE_FRAUD_THRESHOLD",
+        default_value = "0.8"
+    )]
+    pub fraud_threshold: f64,
+
     /// Create the event topics when missing (as the other services do).
     #[arg(long, env = "LAMBDALAKE_LAKEHOUSE_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
@@ -99,6 +107,12 @@ impl Config {
         }
         if self.trigger.is_zero() {
             problems.push("LAMBDALAKE_LAKEHOUSE_TRIGGER must be more than 0".to_owned());
+        }
+        if !(self.fraud_threshold > 0.0 && self.fraud_threshold <= 1.0) {
+            problems.push(format!(
+                "LAMBDALAKE_LAKEHOUSE_FRAUD_THRESHOLD must be in (0, 1], got {}",
+                self.fraud_threshold
+            ));
         }
         if self.dedupe_memory < Duration::from_secs(60) {
             problems.push("LAMBDALAKE_LAKEHOUSE_DEDUPE_MEMORY must be at least 1m".to_owned());

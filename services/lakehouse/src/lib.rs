@@ -94,6 +94,7 @@ impl Application {
             optimize_every: config.optimize_every,
             vacuum_every: config.vacuum_every,
             vacuum_retention: config.vacuum_retention,
+            fraud_threshold: config.fraud_threshold,
         };
         let pipeline = Pipeline::open(consumer, location.clone(), settings, handle, tasks.token())
             .await

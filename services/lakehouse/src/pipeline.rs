@@ -50,6 +50,8 @@ pub struct Settings {
     pub optimize_every: Duration,
     pub vacuum_every: Duration,
     pub vacuum_retention: Duration,
+    /// A payment scored at or above this is a fraud alert.
+    pub fraud_threshold: f64,
 }
 
 /// Why the pipeline stopped.
@@ -260,6 +262,20 @@ struct Part {
     stored: HashMap<Table, i64>,
 }
 
+/// An event silver holds, with the Kafka coordinates of the record that brought it.
+#[derive(Clone)]
+struct Fresh {
+    partition: i32,
+    offset: i64,
+    event: Parsed,
+}
+
+/// The card history a payment's fraud features see: the card's earlier payments (by offset in
+/// its partition) within this much event time before it. Enough for every feature: recent
+/// payments reach back 10 minutes, and a previous payment more than a day before cannot imply
+/// an impossible speed (half the Earth's circumference in 24 h is under 900 km/h).
+pub const HISTORY_MS: i64 = 24 * 3_600_000;
+
 /// The event ids of recent minutes, per event kind: what silver holds for them.
 #[derive(Default)]
 struct Seen {
@@ -270,7 +286,8 @@ struct Seen {
     empty_after: Option<Option<i64>>,
 }
 
-/// A valid event of a record, with its coordinates.
+/// A valid event of a record.
+#[derive(Clone)]
 enum Parsed {
     Sensor(SensorReading),
     Payment(Payment),
@@ -663,10 +680,10 @@ impl Pipeline {
     /// Silver then gold for the records of one event kind.
     async fn commit_kind(&mut self, kind: Kind, records: &[&Record]) -> Result<(), BatchError> {
         let silver = kind.silver();
-        // gold behind silver (a crash between the two commits): the events silver added and
-        // gold did not count, found by the coordinates silver stores
-        let mut increments: Vec<Parsed> = Vec::new();
-        if let Some(gold) = kind.gold() {
+        // a gold table behind silver (a crash between the commits): the events silver added and
+        // it did not take, found by the coordinates silver stores
+        let mut recovered: Vec<(Table, Vec<Fresh>)> = Vec::new();
+        for gold in kind.golds() {
             let mut ranges = Vec::new();
             for (key, part) in &self.parts {
                 if part.kind != kind {
@@ -680,12 +697,13 @@ impl Pipeline {
                     ranges.push((key.1, g, s));
                 }
             }
+            let mut events = Vec::new();
             for (p, from, to) in ranges {
-                let jsons = self
-                    .query_strings(
+                let rows = self
+                    .query_coordinates(
                         silver,
                         &format!(
-                            "select json from t where kafka_partition = {p} and kafka_offset >= {from} and kafka_offset < {to}"
+                            "select kafka_partition, kafka_offset, json from t where kafka_partition = {p} and kafka_offset >= {from} and kafka_offset < {to}"
                         ),
                     )
                     .await?;
@@ -694,13 +712,20 @@ impl Pipeline {
                     partition = p,
                     from,
                     to,
-                    events = jsons.len(),
-                    "gold is behind silver: counting the events silver added"
+                    events = rows.len(),
+                    "gold is behind silver: taking the events silver added"
                 );
-                for j in jsons {
-                    increments.extend(self.parse(kind, j.as_bytes()));
+                for (partition, offset, j) in rows {
+                    if let Some(event) = self.parse(kind, j.as_bytes()) {
+                        events.push(Fresh {
+                            partition,
+                            offset,
+                            event,
+                        });
+                    }
                 }
             }
+            recovered.push((gold, events));
         }
 
         // silver: the valid events of the records it does not have, not seen before
@@ -756,40 +781,220 @@ impl Pipeline {
             self.forget_old_minutes(kind);
         }
 
-        // gold: the windows of the events silver added (and gold has not counted)
-        let Some(gold) = kind.gold() else {
-            return Ok(());
-        };
-        for (r, e) in added {
-            if r.offset >= self.stored(gold, &r.topic, r.partition) {
-                increments.push(e);
+        // gold: what the events silver added (and each gold table has not taken) make
+        for (gold, mut events) in recovered {
+            for (r, e) in &added {
+                if r.offset >= self.stored(gold, &r.topic, r.partition) {
+                    events.push(Fresh {
+                        partition: r.partition,
+                        offset: r.offset,
+                        event: e.clone(),
+                    });
+                }
             }
-        }
-        if increments.is_empty() {
-            return Ok(());
-        }
-        let covered: Vec<&Record> = records
-            .iter()
-            .copied()
-            .filter(|r| r.offset >= self.stored(gold, &r.topic, r.partition))
-            .collect();
-        let mut txns = self.txns(gold, &covered);
-        // gold also covers what silver recorded (the repaired range)
-        for (key, part) in &self.parts {
-            if part.kind != kind {
+            if events.is_empty() {
                 continue;
             }
-            let s = part.stored.get(&silver).copied().unwrap_or(0);
-            let id = app_id(&key.0, key.1);
-            match txns.iter_mut().find(|t| t.app_id == id) {
-                Some(t) => t.version = t.version.max(s),
-                None if s > part.stored.get(&gold).copied().unwrap_or(0) => {
-                    txns.push(Transaction::new(id, s));
+            let covered: Vec<&Record> = records
+                .iter()
+                .copied()
+                .filter(|r| r.offset >= self.stored(gold, &r.topic, r.partition))
+                .collect();
+            let mut txns = self.txns(gold, &covered);
+            // it also covers what silver recorded (the repaired range)
+            for (key, part) in &self.parts {
+                if part.kind != kind {
+                    continue;
                 }
-                None => {}
+                let s = part.stored.get(&silver).copied().unwrap_or(0);
+                let id = app_id(&key.0, key.1);
+                match txns.iter_mut().find(|t| t.app_id == id) {
+                    Some(t) => t.version = t.version.max(s),
+                    None if s > part.stored.get(&gold).copied().unwrap_or(0) => {
+                        txns.push(Transaction::new(id, s));
+                    }
+                    None => {}
+                }
+            }
+            match gold {
+                Table::GoldSensorWindows | Table::GoldCardWindows => {
+                    let events: Vec<Parsed> = events.into_iter().map(|f| f.event).collect();
+                    self.merge_gold(kind, gold, &events, txns).await?;
+                }
+                Table::GoldFraudScores => {
+                    let scored = self.score(&events).await?;
+                    let batch = scores_batch(&scored).map_err(BatchError::Other)?;
+                    self.write(gold, batch, txns).await?;
+                }
+                Table::GoldAlerts => {
+                    let alerts = self.alerts(&events).await?;
+                    if alerts.is_empty() {
+                        // nothing to append: the offsets are recorded with the next alert
+                        continue;
+                    }
+                    let batch = alerts_batch(&alerts).map_err(BatchError::Other)?;
+                    self.write(gold, batch, txns).await?;
+                }
+                _ => {}
             }
         }
-        self.merge_gold(kind, gold, &increments, txns).await
+        Ok(())
+    }
+
+    /// The fraud score of each payment of `events`, from the card's history in silver: its
+    /// payments in the same partition at lower offsets within [`HISTORY_MS`] — the order the
+    /// stream delivered them in, so the answer is the same after any crash. No card profile or
+    /// model is trained in the lakehouse: the shared rules score (`model_version` `rules`).
+    async fn score(&self, events: &[Fresh]) -> Result<Vec<Scored>, BatchError> {
+        use deltalake_core::datafusion::prelude::{col, lit};
+        let payments: Vec<(&Fresh, &Payment)> = events
+            .iter()
+            .filter_map(|f| match &f.event {
+                Parsed::Payment(p) => Some((f, p)),
+                _ => None,
+            })
+            .collect();
+        let Some(min_ts) = payments.iter().map(|(_, p)| p.ts.millis()).min() else {
+            return Ok(Vec::new());
+        };
+        let cards: BTreeSet<&str> = payments.iter().map(|(_, p)| p.card_id.as_str()).collect();
+        let t = &self.tables[&Table::SilverPayments];
+        let err = |e: String| BatchError::Other(format!("silver_payments: card history: {e}"));
+        let ctx = SessionContext::new();
+        t.update_datafusion_session(&ctx.state())
+            .map_err(|e| err(e.to_string()))?;
+        let provider = t.table_provider().await.map_err(|e| err(e.to_string()))?;
+        let batches = ctx
+            .read_table(provider)
+            .and_then(|df| {
+                df.filter(
+                    col("card_id")
+                        .in_list(cards.iter().map(|c| lit(*c)).collect(), false)
+                        .and(col("ts_ms").gt_eq(lit(min_ts - HISTORY_MS))),
+                )
+            })
+            .and_then(|df| {
+                df.select_columns(&[
+                    "card_id",
+                    "kafka_partition",
+                    "kafka_offset",
+                    "ts_ms",
+                    "lat",
+                    "lon",
+                ])
+            })
+            .map_err(|e| err(e.to_string()))?
+            .collect()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        // (card, partition) → (offset, seen)
+        let mut history: HashMap<(String, i32), Vec<(i64, lambdalake_views::fraud::Seen)>> =
+            HashMap::new();
+        for b in &batches {
+            let card = string_column(b.column(0))?;
+            let ints = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Int32Array>()
+                    .ok_or_else(|| err("expected an int column".to_owned()))
+            };
+            let longs = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| err("expected a bigint column".to_owned()))
+            };
+            let doubles = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .ok_or_else(|| err("expected a double column".to_owned()))
+            };
+            let (part, off, ts, lat, lon) =
+                (ints(1)?, longs(2)?, longs(3)?, doubles(4)?, doubles(5)?);
+            for i in 0..b.num_rows() {
+                history
+                    .entry((card.value(i).to_owned(), part.value(i)))
+                    .or_default()
+                    .push((
+                        off.value(i),
+                        lambdalake_views::fraud::Seen {
+                            ts_ms: ts.value(i),
+                            lat: lat.value(i),
+                            lon: lon.value(i),
+                        },
+                    ));
+            }
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        Ok(payments
+            .into_iter()
+            .map(|(f, p)| {
+                let ts = p.ts.millis();
+                let seen: Vec<lambdalake_views::fraud::Seen> = history
+                    .get(&(p.card_id.as_str().to_owned(), f.partition))
+                    .into_iter()
+                    .flatten()
+                    .filter(|(o, s)| *o < f.offset && s.ts_ms >= ts - HISTORY_MS)
+                    .map(|(_, s)| *s)
+                    .collect();
+                let features = lambdalake_views::fraud::features(p, &seen, None);
+                let score = lambdalake_views::fraud::score(&features, None);
+                Scored {
+                    payment: p.clone(),
+                    reasons: lambdalake_views::fraud::reasons(&features),
+                    features,
+                    score,
+                    at_ms: now,
+                }
+            })
+            .collect())
+    }
+
+    /// The alerts of `events`: payments scored at or above the threshold, readings past the
+    /// sensor thresholds (the lakehouse keeps no device baselines).
+    async fn alerts(&self, events: &[Fresh]) -> Result<Vec<GoldAlert>, BatchError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out = Vec::new();
+        for f in events {
+            if let Parsed::Sensor(r) = &f.event {
+                let reasons: Vec<String> = lambdalake_views::fraud::sensor_alerts(r, None)
+                    .iter()
+                    .filter_map(|a| {
+                        serde_json::to_value(a)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                    })
+                    .collect();
+                if !reasons.is_empty() {
+                    out.push(GoldAlert {
+                        alert_id: format!("sensor:{}", r.event_id.as_str()),
+                        kind: "sensor",
+                        key: r.device_id.as_str().to_owned(),
+                        ts_ms: r.ts.millis(),
+                        score: None,
+                        model_version: "thresholds".to_owned(),
+                        reasons,
+                        detected_at_ms: now,
+                    });
+                }
+            }
+        }
+        for s in self.score(events).await? {
+            if s.score.value >= self.settings.fraud_threshold {
+                out.push(GoldAlert {
+                    alert_id: format!("fraud:{}", s.payment.event_id.as_str()),
+                    kind: "fraud",
+                    key: s.payment.card_id.as_str().to_owned(),
+                    ts_ms: s.payment.ts.millis(),
+                    score: Some(s.score.value),
+                    model_version: s.score.by.clone(),
+                    reasons: s.reasons.clone(),
+                    detected_at_ms: now,
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn parse(&self, kind: Kind, bytes: &[u8]) -> Option<Parsed> {
@@ -882,11 +1087,25 @@ impl Pipeline {
         df.collect().await.map_err(|e| err(e.to_string()))
     }
 
-    async fn query_strings(&self, table: Table, sql: &str) -> Result<Vec<String>, BatchError> {
+    async fn query_coordinates(
+        &self,
+        table: Table,
+        sql: &str,
+    ) -> Result<Vec<(i32, i64, String)>, BatchError> {
         let mut out = Vec::new();
         for b in self.query(table, sql).await? {
-            let col = string_column(b.column(0))?;
-            out.extend((0..col.len()).map(|i| col.value(i).to_owned()));
+            let p = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .ok_or_else(|| BatchError::Other("expected an int column".to_owned()))?;
+            let o = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| BatchError::Other("expected a bigint column".to_owned()))?;
+            let j = string_column(b.column(2))?;
+            out.extend((0..b.num_rows()).map(|i| (p.value(i), o.value(i), j.value(i).to_owned())));
         }
         Ok(out)
     }
@@ -1380,6 +1599,94 @@ fn card_windows_batch(
             longs(windows.values().map(|a| a.amount_sum_cents)),
             longs(windows.values().map(|a| a.amount_max_cents)),
             longs(windows.values().map(|_| now)),
+        ],
+    )
+}
+
+/// A payment and its fraud score.
+struct Scored {
+    payment: Payment,
+    features: lambdalake_views::fraud::Features,
+    score: lambdalake_views::fraud::Score,
+    reasons: Vec<String>,
+    at_ms: i64,
+}
+
+struct GoldAlert {
+    alert_id: String,
+    kind: &'static str,
+    key: String,
+    ts_ms: i64,
+    score: Option<f64>,
+    model_version: String,
+    reasons: Vec<String>,
+    detected_at_ms: i64,
+}
+
+fn scores_batch(rows: &[Scored]) -> Result<RecordBatch, String> {
+    let f = |n: &str, t: ArrowType| Field::new(n, t, false);
+    let reasons: Vec<String> = rows.iter().map(|r| r.reasons.join(",")).collect();
+    batch(
+        vec![
+            f("event_id", ArrowType::Utf8),
+            f("txn_id", ArrowType::Utf8),
+            f("card_id", ArrowType::Utf8),
+            f("ts_ms", ArrowType::Int64),
+            f("amount_cents", ArrowType::Int64),
+            f("score", ArrowType::Float64),
+            f("model_version", ArrowType::Utf8),
+            f("reasons", ArrowType::Utf8),
+            f("amount_z", ArrowType::Float64),
+            f("recent_count", ArrowType::Int64),
+            f("travel_kmh", ArrowType::Float64),
+            f("new_country", ArrowType::Boolean),
+            f("mcc_risk", ArrowType::Float64),
+            f("scored_at_ms", ArrowType::Int64),
+        ],
+        vec![
+            strings(rows.iter().map(|r| r.payment.event_id.as_str())),
+            strings(rows.iter().map(|r| r.payment.txn_id.as_str())),
+            strings(rows.iter().map(|r| r.payment.card_id.as_str())),
+            longs(rows.iter().map(|r| r.payment.ts.millis())),
+            longs(rows.iter().map(|r| r.payment.amount.cents())),
+            doubles(rows.iter().map(|r| r.score.value)),
+            strings(rows.iter().map(|r| r.score.by.as_str())),
+            strings(reasons.iter().map(String::as_str)),
+            doubles(rows.iter().map(|r| r.features.amount_z)),
+            longs(rows.iter().map(|r| i64::from(r.features.recent_count))),
+            doubles(rows.iter().map(|r| r.features.travel_kmh)),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.features.new_country)),
+            )),
+            doubles(rows.iter().map(|r| r.features.mcc_risk)),
+            longs(rows.iter().map(|r| r.at_ms)),
+        ],
+    )
+}
+
+fn alerts_batch(rows: &[GoldAlert]) -> Result<RecordBatch, String> {
+    let f = |n: &str, t: ArrowType| Field::new(n, t, false);
+    let reasons: Vec<String> = rows.iter().map(|r| r.reasons.join(",")).collect();
+    batch(
+        vec![
+            f("alert_id", ArrowType::Utf8),
+            f("kind", ArrowType::Utf8),
+            f("key", ArrowType::Utf8),
+            f("ts_ms", ArrowType::Int64),
+            Field::new("score", ArrowType::Float64, true),
+            f("model_version", ArrowType::Utf8),
+            f("reasons", ArrowType::Utf8),
+            f("detected_at_ms", ArrowType::Int64),
+        ],
+        vec![
+            strings(rows.iter().map(|r| r.alert_id.as_str())),
+            strings(rows.iter().map(|r| r.kind)),
+            strings(rows.iter().map(|r| r.key.as_str())),
+            longs(rows.iter().map(|r| r.ts_ms)),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.score))),
+            strings(rows.iter().map(|r| r.model_version.as_str())),
+            strings(reasons.iter().map(String::as_str)),
+            longs(rows.iter().map(|r| r.detected_at_ms)),
         ],
     )
 }

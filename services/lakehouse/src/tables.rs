@@ -9,6 +9,8 @@
 //! | `silver_fraud_labels` | valid labels, one per `event_id` | — |
 //! | `gold_sensor_windows` | the 1-minute windows of every device (`lambdalake-views`' aggregates), upserted with MERGE | — |
 //! | `gold_card_windows` | the 1-minute windows of every card: count, amount sum and maximum, upserted with MERGE | — |
+//! | `gold_fraud_scores` | every payment's fraud score and features (`lambdalake_views::fraud`), appended | — |
+//! | `gold_alerts` | fraud alerts (score ≥ the threshold) and sensor alerts (thresholds), appended | — |
 //!
 //! **Offsets.** Every commit carries one Delta transaction identifier (`txn` action) per Kafka
 //! partition it covers: `appId` = `lambdalake-lakehouse:{topic}:{partition}`, `version` = the next
@@ -33,6 +35,8 @@ pub enum Table {
     SilverFraudLabels,
     GoldSensorWindows,
     GoldCardWindows,
+    GoldFraudScores,
+    GoldAlerts,
 }
 
 /// What an event topic holds.
@@ -52,18 +56,23 @@ impl Kind {
         }
     }
 
-    pub fn gold(self) -> Option<Table> {
+    /// The gold tables the events of this kind feed.
+    pub fn golds(self) -> Vec<Table> {
         match self {
-            Kind::SensorReading => Some(Table::GoldSensorWindows),
-            Kind::Payment => Some(Table::GoldCardWindows),
-            Kind::FraudLabel => None,
+            Kind::SensorReading => vec![Table::GoldSensorWindows, Table::GoldAlerts],
+            Kind::Payment => vec![
+                Table::GoldCardWindows,
+                Table::GoldFraudScores,
+                Table::GoldAlerts,
+            ],
+            Kind::FraudLabel => Vec::new(),
         }
     }
 
     /// The tables that record this topic's offsets.
     pub fn tables(self) -> Vec<Table> {
         let mut t = vec![Table::Bronze, self.silver()];
-        t.extend(self.gold());
+        t.extend(self.golds());
         t
     }
 }
@@ -73,13 +82,15 @@ fn field(name: &str, t: PrimitiveType, nullable: bool) -> StructField {
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 8] = [
         Table::Bronze,
         Table::SilverSensorReadings,
         Table::SilverPayments,
         Table::SilverFraudLabels,
         Table::GoldSensorWindows,
         Table::GoldCardWindows,
+        Table::GoldFraudScores,
+        Table::GoldAlerts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +101,8 @@ impl Table {
             Table::SilverFraudLabels => "silver_fraud_labels",
             Table::GoldSensorWindows => "gold_sensor_windows",
             Table::GoldCardWindows => "gold_card_windows",
+            Table::GoldFraudScores => "gold_fraud_scores",
+            Table::GoldAlerts => "gold_alerts",
         }
     }
 
@@ -184,6 +197,32 @@ impl Table {
                 field("amount_sum_cents", Long, false),
                 field("amount_max_cents", Long, false),
                 field("updated_at_ms", Long, false),
+            ],
+            Table::GoldFraudScores => vec![
+                field("event_id", String, false),
+                field("txn_id", String, false),
+                field("card_id", String, false),
+                field("ts_ms", Long, false),
+                field("amount_cents", Long, false),
+                field("score", Double, false),
+                field("model_version", String, false),
+                field("reasons", String, false),
+                field("amount_z", Double, false),
+                field("recent_count", Long, false),
+                field("travel_kmh", Double, false),
+                field("new_country", Boolean, false),
+                field("mcc_risk", Double, false),
+                field("scored_at_ms", Long, false),
+            ],
+            Table::GoldAlerts => vec![
+                field("alert_id", String, false),
+                field("kind", String, false),
+                field("key", String, false),
+                field("ts_ms", Long, false),
+                field("score", Double, true),
+                field("model_version", String, false),
+                field("reasons", String, false),
+                field("detected_at_ms", Long, false),
             ],
         }
     }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use lambdalake_events::{Payment, SensorReading};
-use lambdalake_views::fraud::{self, CardProfile, DeviceBaseline, Features, Model, Seen};
+use lambdalake_views::fraud::{self, CardProfile, DeviceBaseline, Model, Seen};
 use lambdalake_views::keys::{LatestScore, SensorView};
 use lambdalake_views::{CardAgg, SensorAgg, SessionAggs, Sessions, Window, WindowSpec};
 use serde::Serialize;
@@ -371,7 +371,7 @@ impl PartCache {
             let profile = reference.profiles.get(card).and_then(Option::as_ref);
             let features = fraud::features(p, card_seen, profile);
             let score = fraud::score(&features, reference.model);
-            let reasons = fraud_reasons(&features);
+            let reasons = fraud::reasons(&features);
             let card_last = last
                 .entry(card)
                 .or_insert_with(|| self.card_memory.get(card).and_then(|m| m.last.clone()));
@@ -568,24 +568,10 @@ fn sensor_alert(r: &SensorReading, reference: &Reference<'_>) -> Option<Alert> {
     })
 }
 
-/// The rules that fired, named (also when a model scored the payment: they explain it).
-fn fraud_reasons(f: &Features) -> Vec<String> {
-    [
-        (f.travel_kmh > fraud::IMPOSSIBLE_KMH, "impossible_travel"),
-        (f.recent_count >= 5, "card_testing"),
-        (f.amount_z > 4.0, "amount_spike"),
-        (f.new_country, "new_country"),
-        (f.mcc_risk >= 0.8, "high_risk_merchant"),
-    ]
-    .iter()
-    .filter(|(hit, _)| *hit)
-    .map(|(_, name)| (*name).to_owned())
-    .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use lambdalake_events::{Event, Policy};
+    use lambdalake_views::fraud::Features;
 
     use super::*;
 

@@ -195,6 +195,21 @@ pub struct Score {
     pub by: String,
 }
 
+/// The rules that fired, named (also when a model scored the payment: they explain it).
+pub fn reasons(f: &Features) -> Vec<String> {
+    [
+        (f.travel_kmh > IMPOSSIBLE_KMH, "impossible_travel"),
+        (f.recent_count >= 5, "card_testing"),
+        (f.amount_z > 4.0, "amount_spike"),
+        (f.new_country, "new_country"),
+        (f.mcc_risk >= 0.8, "high_risk_merchant"),
+    ]
+    .iter()
+    .filter(|(hit, _)| *hit)
+    .map(|(_, name)| (*name).to_owned())
+    .collect()
+}
+
 /// The model's probability when there is a model, the rules otherwise.
 pub fn score(f: &Features, model: Option<&Model>) -> Score {
     match model {
