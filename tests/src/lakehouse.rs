@@ -806,7 +806,10 @@ out["bronze_rows"] = sorted([r["topic"], r["kafka_partition"], r["kafka_offset"]
 g = DeltaTable(f"{root}/gold_sensor_windows").to_pyarrow_table().to_pylist()
 out["gold_rows"] = sorted([r["device_id"], r["start_ms"], r["count"], r["temperature_min"], r["temperature_max"],
     r["temperature_sum_micro"], r["vibration_min"], r["vibration_max"], r["vibration_sum_micro"]] for r in g)
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+# deltalake 1.6.6's runtime can abort at interpreter teardown, after the answer: leave at once
+import os
+os._exit(0)
 "#;
     let python = pydelta();
     let out = Command::new(&python)
@@ -958,5 +961,101 @@ async fn an_independent_reader_agrees_and_vacuum_respects_retention() {
     assert_eq!(read_at(At::Latest).await.unwrap(), rows);
     let py = read_with_python(&lake.dir);
     assert_eq!(py["bronze"]["rows"].as_i64(), Some(records));
+    let _ = std::fs::remove_dir_all(&lake.dir);
+}
+
+/// Schema evolution: events gain new optional fields while the lakehouse runs; silver gains one
+/// column per field (the JSON value as a string, null for the rows before), without a restart,
+/// and readers see it; names that cannot be columns stay in bronze; gold is unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_event_fields_become_silver_columns_without_a_restart() {
+    use crate::speed::{now_ms, sensor_json};
+
+    let mut s = Setup::new();
+    let mut lake = Lake::new();
+    let _guard = Kill(vec![lake.spawn(&s, &[])]);
+    let t = now_ms() - 300_000;
+    let before: Vec<String> = (0..200)
+        .map(|i| {
+            sensor_json(
+                &format!("old{i}"),
+                &format!("d{}", i % 4),
+                t + i * 500,
+                21.5,
+                1.0,
+            )
+        })
+        .collect();
+    s.send_sensors(&before).await;
+    wait_gold(&s, &lake, Duration::from_secs(60)).await;
+    // the same readings with three new fields, one of them nested, and one field whose name
+    // cannot be a column
+    let after: Vec<String> = (0..100)
+        .map(|i| {
+            // the first one overheats: an alert
+            let temp = if i == 0 { 95.5 } else { 22.5 };
+            let plain = sensor_json(&format!("new{i}"), &format!("d{}", i % 4), t + 100_000 + i * 500, temp, 1.0);
+            format!(
+                r#"{},"firmware":"1.2.{i}","battery_pct":{},"meta":{{"a":[1,2]}},"Bad-Name":true}}"#,
+                plain.trim_end_matches('}'),
+                50 + i % 50
+            )
+        })
+        .collect();
+    s.send_sensors(&after).await;
+    wait_gold(&s, &lake, Duration::from_secs(60)).await;
+    assert_tables(&s, &lake).await;
+
+    let mut rows = BTreeMap::new();
+    for b in query(
+        &lake.tables,
+        Table::SilverSensorReadings,
+        "select event_id, firmware, battery_pct, meta from t",
+    )
+    .await
+    {
+        assert!(b.column_by_name("Bad-Name").is_none());
+        let (id, fw, bat, meta) = (
+            text(&b, "event_id"),
+            text(&b, "firmware"),
+            text(&b, "battery_pct"),
+            text(&b, "meta"),
+        );
+        for i in 0..b.num_rows() {
+            let opt = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_owned());
+            rows.insert(id.value(i).to_owned(), (opt(&fw), opt(&bat), opt(&meta)));
+        }
+    }
+    assert_eq!(rows.len(), 300);
+    assert_eq!(rows["old7"], (None, None, None));
+    assert_eq!(
+        rows["new7"],
+        (
+            Some("1.2.7".to_owned()),
+            Some("57".to_owned()),
+            Some(r#"{"a":[1,2]}"#.to_owned())
+        )
+    );
+    // an independent reader sees the evolved schema
+    let python = pydelta();
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(
+            // os._exit: deltalake 1.6.6's runtime can abort at interpreter teardown, after the answer
+            "import os, sys, json; from deltalake import DeltaTable; \
+             t = DeltaTable(sys.argv[1]).to_pyarrow_table(); \
+             print(json.dumps([t.num_rows, sum(1 for v in t.column('firmware').to_pylist() if v is not None)]), flush=True); \
+             os._exit(0)",
+        )
+        .arg(lake.dir.join("silver_sensor_readings"))
+        .output()
+        .expect("python deltalake");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: (u64, u64) = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counts, (300, 100));
     let _ = std::fs::remove_dir_all(&lake.dir);
 }

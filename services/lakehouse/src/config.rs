@@ -81,6 +81,15 @@ pub struct Config {
     )]
     pub fraud_threshold: f64,
 
+    /// Columns a silver table may gain when events carry fields the event types do not know
+    /// (schema evolution); further new fields stay in bronze only.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_LAKEHOUSE_MAX_EXTRA_COLUMNS",
+        default_value = "32"
+    )]
+    pub max_extra_columns: usize,
+
     /// Create the event topics when missing (as the other services do).
     #[arg(long, env = "LAMBDALAKE_LAKEHOUSE_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,

@@ -95,6 +95,7 @@ impl Application {
             vacuum_every: config.vacuum_every,
             vacuum_retention: config.vacuum_retention,
             fraud_threshold: config.fraud_threshold,
+            max_extra_columns: config.max_extra_columns,
         };
         let pipeline = Pipeline::open(consumer, location.clone(), settings, handle, tasks.token())
             .await

@@ -52,6 +52,8 @@ pub struct Settings {
     pub vacuum_retention: Duration,
     /// A payment scored at or above this is a fraud alert.
     pub fraud_threshold: f64,
+    /// Columns a silver table may gain from new event fields.
+    pub max_extra_columns: usize,
 }
 
 /// Why the pipeline stopped.
@@ -617,6 +619,25 @@ impl Pipeline {
     }
 
     /// Append `batch` to `table` with `txns` in the same commit.
+    /// The columns of a silver table beyond its base schema (added by schema evolution).
+    fn extra_columns_of(&self, table: Table) -> Vec<String> {
+        let base: Vec<String> = table
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        self.tables[&table]
+            .snapshot()
+            .map(|s| {
+                s.schema()
+                    .fields()
+                    .map(|f| f.name().to_owned())
+                    .filter(|n| !base.contains(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     async fn write(
         &mut self,
         table: Table,
@@ -627,10 +648,14 @@ impl Pipeline {
         let rows = batch.num_rows();
         let current = self.tables[&table].clone();
         let props = CommitProperties::default().with_application_transactions(txns.clone());
-        let written = current
-            .write(vec![batch])
-            .with_commit_properties(props)
-            .await;
+        let mut write = current.write(vec![batch]).with_commit_properties(props);
+        if matches!(
+            table,
+            Table::SilverSensorReadings | Table::SilverPayments | Table::SilverFraudLabels
+        ) {
+            write = write.with_schema_mode(deltalake_core::operations::write::SchemaMode::Merge);
+        }
+        let written = write.await;
         self.committed(table, written, t0, rows as u64, &txns)
     }
 
@@ -767,8 +792,17 @@ impl Pipeline {
                 added.push((r, e));
             }
             if !added.is_empty() {
-                let batch = silver_batch(kind, &added).map_err(BatchError::Other)?;
+                let existing = self.extra_columns_of(silver);
+                let extra = extra_columns(kind, &existing, &added, self.settings.max_extra_columns);
+                let batch = silver_batch(kind, &added, &extra).map_err(BatchError::Other)?;
                 let txns = self.txns(silver, &fresh);
+                if extra.len() > existing.len() {
+                    tracing::info!(
+                        table = silver.name(),
+                        new = ?extra.iter().filter(|c| !existing.contains(c)).collect::<Vec<_>>(),
+                        "events carry new fields: the table's schema gains them"
+                    );
+                }
                 self.write(silver, batch, txns).await?;
                 let seen = self.seen.entry(kind).or_default();
                 for (_, e) in &added {
@@ -1402,7 +1436,11 @@ fn doubles(it: impl Iterator<Item = f64>) -> ArrayRef {
     Arc::new(Float64Array::from_iter_values(it))
 }
 
-fn silver_batch(kind: Kind, rows: &[(&Record, Parsed)]) -> Result<RecordBatch, String> {
+fn silver_batch(
+    kind: Kind,
+    rows: &[(&Record, Parsed)],
+    extra_columns: &[String],
+) -> Result<RecordBatch, String> {
     let f = |n: &str, t: ArrowType| Field::new(n, t, false);
     let coordinates = |fields: &mut Vec<Field>, cols: &mut Vec<ArrayRef>| {
         fields.push(f("kafka_partition", ArrowType::Int32));
@@ -1529,7 +1567,93 @@ fn silver_batch(kind: Kind, rows: &[(&Record, Parsed)]) -> Result<RecordBatch, S
     fields.push(f("json", ArrowType::Utf8));
     let jsons: Vec<String> = rows.iter().map(|(_, e)| json(e)).collect();
     cols.push(strings(jsons.iter().map(String::as_str)));
+    // schema evolution: fields the event types do not know, one nullable string column each
+    // (the field's JSON value), in name order
+    for name in extra_columns {
+        let values: Vec<Option<String>> = rows
+            .iter()
+            .map(|(r, _)| {
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&r.value)
+                    .ok()
+                    .and_then(|m| {
+                        m.get(name.as_str()).map(|v| match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                    })
+            })
+            .collect();
+        fields.push(Field::new(name.as_str(), ArrowType::Utf8, true));
+        cols.push(Arc::new(StringArray::from(values)));
+    }
     batch(fields, cols)
+}
+
+/// The top-level fields of an event kind's wire format (anything else is an extra field).
+fn known_fields(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::SensorReading => &[
+            "event_id",
+            "device_id",
+            "site",
+            "ts",
+            "temperature_c",
+            "vibration_mm_s",
+        ],
+        Kind::Payment => &[
+            "event_id",
+            "txn_id",
+            "card_id",
+            "merchant_id",
+            "mcc",
+            "amount",
+            "currency",
+            "country",
+            "lat",
+            "lon",
+            "ts",
+        ],
+        Kind::FraudLabel => &["event_id", "txn_id", "card_id", "fraud", "ts"],
+    }
+}
+
+/// The extra fields of `rows` that become silver columns: the table's extra columns so far, plus
+/// new names (lower-case letters, digits and `_`, at most 64, not a silver column) while the
+/// table has fewer than `max` extra columns. A field that cannot be a column stays in bronze.
+fn extra_columns(
+    kind: Kind,
+    existing: &[String],
+    rows: &[(&Record, Parsed)],
+    max: usize,
+) -> Vec<String> {
+    let base: Vec<String> = kind
+        .silver()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    let mut out: BTreeSet<String> = existing.iter().cloned().collect();
+    for (r, _) in rows {
+        let Ok(m) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&r.value)
+        else {
+            continue;
+        };
+        for k in m.keys() {
+            if out.contains(k) || known_fields(kind).contains(&k.as_str()) {
+                continue;
+            }
+            let valid = !k.is_empty()
+                && k.len() <= 64
+                && k.starts_with(|c: char| c.is_ascii_lowercase())
+                && k.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !base.contains(k);
+            if valid && out.len() < max {
+                out.insert(k.clone());
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 fn sensor_windows_batch(
