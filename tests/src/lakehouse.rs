@@ -1059,3 +1059,38 @@ async fn new_event_fields_become_silver_columns_without_a_restart() {
     assert_eq!(counts, (300, 100));
     let _ = std::fs::remove_dir_all(&lake.dir);
 }
+
+/// Two instances in one consumer group write the same tables (their MERGEs into gold conflict
+/// and are merged again), then one is SIGKILLed and the other takes over its partitions: every
+/// table stays exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_the_tables_and_one_takes_over_after_a_kill() {
+    let mut s = Setup::new();
+    let mut lake = Lake::new();
+    let (sensors, payments) = stream_spaced(6_000, 30, 0.05, 600);
+    let mut guard = Kill(vec![lake.spawn(&s, &[])]);
+    lake.wait_assigned(Duration::from_secs(60)).await;
+    guard.0.push(lake.spawn(&s, &[]));
+    let chunks: Vec<(&[String], &[String])> =
+        sensors.chunks(100).zip(payments.chunks(100)).collect();
+    let half = chunks.len() / 2;
+    for c in &chunks[..half] {
+        s.send_sensors(c.0).await;
+        s.send_payments(c.1).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // both have partitions by now (the second joined, the group rebalanced)
+    lake.wait_assigned(Duration::from_secs(60)).await;
+    guard.0[0].kill().expect("SIGKILL");
+    guard.0[0].wait().expect("reaped");
+    for c in &chunks[half..] {
+        s.send_sensors(c.0).await;
+        s.send_payments(c.1).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    wait_bronze(&s, &lake, Duration::from_secs(120)).await;
+    wait_gold(&s, &lake, Duration::from_secs(90)).await;
+    assert_tables(&s, &lake).await;
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&lake.dir);
+}

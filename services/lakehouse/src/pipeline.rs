@@ -39,6 +39,9 @@ use crate::tables::{Kind, Location, Table, app_id, stored_offsets};
 
 const MINUTE_MS: i64 = 60_000;
 
+/// MERGEs tried before a conflicting micro-batch is given up (and read again from Kafka).
+const MERGE_ATTEMPTS: u32 = 8;
+
 /// What the pipeline needs to know.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -73,6 +76,12 @@ enum BatchError {
         table: &'static str,
         source: DeltaTableError,
     },
+    /// A concurrent commit touched what this one read (not the same partitions): retryable.
+    #[error("{table}: a concurrent commit conflicted: {source}")]
+    Conflict {
+        table: &'static str,
+        source: DeltaTableError,
+    },
     #[error("{table}: {source}")]
     Delta {
         table: &'static str,
@@ -94,8 +103,19 @@ fn delta(table: Table) -> impl FnOnce(DeltaTableError) -> BatchError {
                 )
             }
         );
+        let conflict = matches!(
+            &source,
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_)
+            }
+        );
         if fenced {
             BatchError::Fenced {
+                table: table.name(),
+                source,
+            }
+        } else if conflict {
+            BatchError::Conflict {
                 table: table.name(),
                 source,
             }
@@ -689,11 +709,12 @@ impl Pipeline {
             }
             Err(e) => {
                 let e = delta(table)(e);
-                let outcome = if matches!(e, BatchError::Fenced { .. }) {
-                    "conflict"
-                } else {
-                    "error"
-                };
+                let outcome =
+                    if matches!(e, BatchError::Fenced { .. } | BatchError::Conflict { .. }) {
+                        "conflict"
+                    } else {
+                        "error"
+                    };
                 metrics::COMMITS
                     .with_label_values(&[table.name(), outcome])
                     .inc();
@@ -1285,35 +1306,54 @@ impl Pipeline {
         };
         let t0 = Instant::now();
         let rows = batch.num_rows() as u64;
-        let ctx = SessionContext::new();
-        let source = ctx
-            .read_batch(batch)
-            .map_err(|e| BatchError::Other(format!("{}: {e}", gold.name())))?;
-        let current = self.tables[&gold].clone();
-        let props = CommitProperties::default().with_application_transactions(txns.clone());
-        let merged = async {
-            current
-                .merge(source, predicate)
-                .with_source_alias("source")
-                .with_target_alias("target")
-                .with_commit_properties(props)
-                .when_matched_update(|mut u| {
-                    for (c, e) in &updates {
-                        u = u.update(*c, *e);
+        // another instance MERGEing other partitions' windows into the same table can conflict
+        // (it rewrote a file this MERGE read): read the table again and MERGE again; the txn
+        // check still refuses a partition someone else committed
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ctx = SessionContext::new();
+            let source = ctx
+                .read_batch(batch.clone())
+                .map_err(|e| BatchError::Other(format!("{}: {e}", gold.name())))?;
+            let current = self.tables[&gold].clone();
+            let props = CommitProperties::default().with_application_transactions(txns.clone());
+            let merged = async {
+                current
+                    .merge(source, predicate)
+                    .with_source_alias("source")
+                    .with_target_alias("target")
+                    .with_commit_properties(props)
+                    .when_matched_update(|mut u| {
+                        for (c, e) in &updates {
+                            u = u.update(*c, *e);
+                        }
+                        u
+                    })?
+                    .when_not_matched_insert(|mut i| {
+                        for c in &columns {
+                            i = i.set(*c, format!("source.{c}"));
+                        }
+                        i
+                    })?
+                    .await
+                    .map(|(t, _metrics)| t)
+            }
+            .await;
+            match self.committed(gold, merged, t0, rows, &txns) {
+                Err(BatchError::Conflict { .. }) if attempt < MERGE_ATTEMPTS => {
+                    tracing::info!(
+                        table = gold.name(),
+                        attempt,
+                        "MERGE conflicted with another writer; merging again"
+                    );
+                    if let Some(t) = self.tables.get_mut(&gold) {
+                        t.update_state().await.map_err(delta(gold))?;
                     }
-                    u
-                })?
-                .when_not_matched_insert(|mut i| {
-                    for c in &columns {
-                        i = i.set(*c, format!("source.{c}"));
-                    }
-                    i
-                })?
-                .await
-                .map(|(t, _metrics)| t)
+                }
+                other => return other,
+            }
         }
-        .await;
-        self.committed(gold, merged, t0, rows, &txns)
     }
 
     /// OPTIMIZE and VACUUM on their schedules, between micro-batches. A failure (a conflict
