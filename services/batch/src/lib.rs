@@ -372,22 +372,7 @@ impl Application {
         tasks.cancel_on_signals();
         tasks.spawn_http(server);
         if let Some(archiver) = archiver {
-            let token = tasks.token();
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("archiver".to_owned())
-                .spawn(move || {
-                    let _ = done_tx.send(archiver.run());
-                })
-                .map_err(|e| format!("cannot start the archiver thread: {e}"))?;
-            tasks.spawn("archiver", async move {
-                let result = match done_rx.await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err("the archiver thread panicked".to_owned()),
-                };
-                token.cancel();
-                result.map_err(Into::into)
-            });
+            tasks.spawn_thread("archiver", move || archiver.run())?;
         }
         if matches!(config.command(), Command::Run | Command::Schedule) {
             let token = tasks.token();

@@ -151,22 +151,7 @@ impl Application {
         } = self;
         tasks.cancel_on_signals();
         tasks.spawn_http(server);
-        let token = tasks.token();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("pipeline".to_owned())
-            .spawn(move || {
-                let _ = done_tx.send(pipeline.run());
-            })
-            .map_err(|e| format!("cannot start the pipeline thread: {e}"))?;
-        tasks.spawn("pipeline", async move {
-            let result = match done_rx.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("the pipeline thread panicked".to_owned()),
-            };
-            token.cancel();
-            result.map_err(Into::into)
-        });
+        tasks.spawn_thread("pipeline", move || pipeline.run())?;
         tasks
             .wait()
             .await

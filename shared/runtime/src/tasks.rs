@@ -49,6 +49,33 @@ impl Tasks {
         });
     }
 
+    /// Run blocking work (a consumer loop) on a thread of its own, supervised as the task `name`:
+    /// when it ends — done, failed or panicked — everything shuts down, and its error becomes the
+    /// task's failure.
+    pub fn spawn_thread<E, F>(&self, name: &'static str, work: F) -> Result<(), String>
+    where
+        E: std::fmt::Display + Send + 'static,
+        F: FnOnce() -> Result<(), E> + Send + 'static,
+    {
+        let token = self.token.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _ = done_tx.send(work().map_err(|e| e.to_string()));
+            })
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+        self.spawn(name, async move {
+            let result = match done_rx.await {
+                Ok(r) => r,
+                Err(_) => Err(format!("the {name} thread panicked")),
+            };
+            token.cancel();
+            result.map_err(Into::into)
+        });
+        Ok(())
+    }
+
     /// Run an HTTP server as the task `http`: stopped gracefully (in-flight requests answered)
     /// when shutdown starts; if it ends by itself, everything shuts down.
     pub fn spawn_http(&self, server: actix_web::dev::Server) {
