@@ -31,7 +31,8 @@ use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContex
 use lambdalake_kafka::rdkafka::message::Message;
 use lambdalake_kafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
 use lambdalake_runtime::tasks::CancellationToken;
-use lambdalake_views::{CardAgg, SensorAgg};
+use lambdalake_views::table::{self, Keyed};
+use lambdalake_views::{CardAgg, SensorAgg, WindowSpec};
 use tokio::runtime::Handle;
 
 use crate::metrics;
@@ -837,6 +838,9 @@ impl Pipeline {
         }
 
         // gold: what the events silver added (and each gold table has not taken) make
+        // the scores of the events last scored, by their coordinates: the alerts of the same
+        // events reuse them instead of reading the card histories again
+        let mut scored: Option<ScoredAt> = None;
         for (gold, mut events) in recovered {
             for (r, e) in &added {
                 if r.offset >= self.stored(gold, &r.topic, r.partition) {
@@ -877,14 +881,19 @@ impl Pipeline {
                     self.merge_gold(kind, gold, &events, txns).await?;
                 }
                 Table::GoldFraudScores => {
-                    let scored = self.score(&events).await?;
-                    let batch = scores_batch(&scored).map_err(BatchError::Other)?;
+                    let scores = self.score(&events).await?;
+                    let batch = scores_batch(&scores).map_err(BatchError::Other)?;
                     self.write(gold, batch, txns).await?;
+                    scored = Some((coordinates(&events), scores));
                 }
                 Table::GoldAlerts => {
+                    let scores = match scored.take() {
+                        Some((at, scores)) if at == coordinates(&events) => scores,
+                        _ => self.score(&events).await?,
+                    };
                     // no alert is still a commit: the offsets must move, or every later batch
                     // would take the whole range again from silver
-                    let alerts = self.alerts(&events).await?;
+                    let alerts = self.alerts(&events, scores, self.settings.fraud_threshold);
                     let batch = alerts_batch(&alerts).map_err(BatchError::Other)?;
                     self.write(gold, batch, txns).await?;
                 }
@@ -1006,7 +1015,7 @@ impl Pipeline {
 
     /// The alerts of `events`: payments scored at or above the threshold, readings past the
     /// sensor thresholds (the lakehouse keeps no device baselines).
-    async fn alerts(&self, events: &[Fresh]) -> Result<Vec<GoldAlert>, BatchError> {
+    fn alerts(&self, events: &[Fresh], scored: Vec<Scored>, threshold: f64) -> Vec<GoldAlert> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut out = Vec::new();
         for f in events {
@@ -1033,8 +1042,8 @@ impl Pipeline {
                 }
             }
         }
-        for s in self.score(events).await? {
-            if s.score.value >= self.settings.fraud_threshold {
+        for s in scored {
+            if s.score.value >= threshold {
                 out.push(GoldAlert {
                     alert_id: format!("fraud:{}", s.payment.event_id.as_str()),
                     kind: "fraud",
@@ -1047,7 +1056,7 @@ impl Pipeline {
                 });
             }
         }
-        Ok(out)
+        out
     }
 
     fn parse(&self, kind: Kind, bytes: &[u8]) -> Option<Parsed> {
@@ -1202,108 +1211,57 @@ impl Pipeline {
         txns: Vec<Transaction>,
     ) -> Result<(), BatchError> {
         let now = chrono::Utc::now().timestamp_millis();
-        let (batch, predicate, updates, columns): (
-            RecordBatch,
-            &str,
-            Vec<(&str, &str)>,
-            Vec<&str>,
-        ) = match kind {
+        // the views of `lambdalake-views` over the batch's events: each window's increment
+        let (batch, key, updates): (RecordBatch, &str, Vec<(&str, String)>) = match kind {
             Kind::SensorReading => {
-                let mut windows: BTreeMap<(String, i64), SensorAgg> = BTreeMap::new();
-                for e in events {
-                    if let Parsed::Sensor(r) = e {
-                        let start = r.ts.millis().div_euclid(MINUTE_MS) * MINUTE_MS;
-                        windows
-                            .entry((r.device_id.as_str().to_owned(), start))
-                            .and_modify(|a| a.add(r))
-                            .or_insert_with(|| SensorAgg::of(r));
-                    }
-                }
+                let readings: Vec<SensorReading> = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        Parsed::Sensor(r) => Some(r.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let windows = table::sensor_windows(&readings, WindowSpec::ONE_MINUTE);
                 (
                     sensor_windows_batch(&windows, now).map_err(BatchError::Other)?,
-                    "target.device_id = source.device_id AND target.start_ms = source.start_ms",
+                    "device_id",
                     vec![
-                        ("count", "target.count + source.count"),
-                        (
-                            "temperature_min",
-                            "CASE WHEN source.temperature_min < target.temperature_min THEN source.temperature_min ELSE target.temperature_min END",
-                        ),
-                        (
-                            "temperature_max",
-                            "CASE WHEN source.temperature_max > target.temperature_max THEN source.temperature_max ELSE target.temperature_max END",
-                        ),
-                        (
-                            "temperature_sum_micro",
-                            "target.temperature_sum_micro + source.temperature_sum_micro",
-                        ),
-                        (
-                            "vibration_min",
-                            "CASE WHEN source.vibration_min < target.vibration_min THEN source.vibration_min ELSE target.vibration_min END",
-                        ),
-                        (
-                            "vibration_max",
-                            "CASE WHEN source.vibration_max > target.vibration_max THEN source.vibration_max ELSE target.vibration_max END",
-                        ),
-                        (
-                            "vibration_sum_micro",
-                            "target.vibration_sum_micro + source.vibration_sum_micro",
-                        ),
-                        ("updated_at_ms", "source.updated_at_ms"),
-                    ],
-                    vec![
-                        "device_id",
-                        "start_ms",
-                        "end_ms",
-                        "count",
-                        "temperature_min",
-                        "temperature_max",
-                        "temperature_sum_micro",
-                        "vibration_min",
-                        "vibration_max",
-                        "vibration_sum_micro",
-                        "updated_at_ms",
+                        ("count", add("count")),
+                        ("temperature_min", least("temperature_min")),
+                        ("temperature_max", greatest("temperature_max")),
+                        ("temperature_sum_micro", add("temperature_sum_micro")),
+                        ("vibration_min", least("vibration_min")),
+                        ("vibration_max", greatest("vibration_max")),
+                        ("vibration_sum_micro", add("vibration_sum_micro")),
+                        ("updated_at_ms", "source.updated_at_ms".to_owned()),
                     ],
                 )
             }
             Kind::Payment => {
-                let mut windows: BTreeMap<(String, i64), CardAgg> = BTreeMap::new();
-                for e in events {
-                    if let Parsed::Payment(p) = e {
-                        let start = p.ts.millis().div_euclid(MINUTE_MS) * MINUTE_MS;
-                        windows
-                            .entry((p.card_id.as_str().to_owned(), start))
-                            .and_modify(|a| a.add(p))
-                            .or_insert_with(|| CardAgg::of(p));
-                    }
-                }
+                let payments: Vec<Payment> = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        Parsed::Payment(p) => Some(p.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let windows = table::card_windows(&payments, WindowSpec::ONE_MINUTE);
                 (
                     card_windows_batch(&windows, now).map_err(BatchError::Other)?,
-                    "target.card_id = source.card_id AND target.start_ms = source.start_ms",
+                    "card_id",
                     vec![
-                        ("count", "target.count + source.count"),
-                        (
-                            "amount_sum_cents",
-                            "target.amount_sum_cents + source.amount_sum_cents",
-                        ),
-                        (
-                            "amount_max_cents",
-                            "CASE WHEN source.amount_max_cents > target.amount_max_cents THEN source.amount_max_cents ELSE target.amount_max_cents END",
-                        ),
-                        ("updated_at_ms", "source.updated_at_ms"),
-                    ],
-                    vec![
-                        "card_id",
-                        "start_ms",
-                        "end_ms",
-                        "count",
-                        "amount_sum_cents",
-                        "amount_max_cents",
-                        "updated_at_ms",
+                        ("count", add("count")),
+                        ("amount_sum_cents", add("amount_sum_cents")),
+                        ("amount_max_cents", greatest("amount_max_cents")),
+                        ("updated_at_ms", "source.updated_at_ms".to_owned()),
                     ],
                 )
             }
             Kind::FraudLabel => return Ok(()),
         };
+        let predicate =
+            format!("target.{key} = source.{key} AND target.start_ms = source.start_ms");
+        let columns: Vec<String> = gold.columns().iter().map(|c| c.name().to_owned()).collect();
         let t0 = Instant::now();
         let rows = batch.num_rows() as u64;
         // another instance MERGEing other partitions' windows into the same table can conflict
@@ -1320,19 +1278,19 @@ impl Pipeline {
             let props = CommitProperties::default().with_application_transactions(txns.clone());
             let merged = async {
                 current
-                    .merge(source, predicate)
+                    .merge(source, predicate.as_str())
                     .with_source_alias("source")
                     .with_target_alias("target")
                     .with_commit_properties(props)
                     .when_matched_update(|mut u| {
                         for (c, e) in &updates {
-                            u = u.update(*c, *e);
+                            u = u.update(*c, e.as_str());
                         }
                         u
                     })?
                     .when_not_matched_insert(|mut i| {
                         for c in &columns {
-                            i = i.set(*c, format!("source.{c}"));
+                            i = i.set(c.as_str(), format!("source.{c}"));
                         }
                         i
                     })?
@@ -1412,6 +1370,27 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Scores and the coordinates of the events they score.
+type ScoredAt = (Vec<(i32, i64)>, Vec<Scored>);
+
+/// The Kafka coordinates of `events`, in order.
+fn coordinates(events: &[Fresh]) -> Vec<(i32, i64)> {
+    events.iter().map(|f| (f.partition, f.offset)).collect()
+}
+
+/// MERGE update expressions: a window's stored value combined with its increment.
+fn add(c: &str) -> String {
+    format!("target.{c} + source.{c}")
+}
+
+fn least(c: &str) -> String {
+    format!("CASE WHEN source.{c} < target.{c} THEN source.{c} ELSE target.{c} END")
+}
+
+fn greatest(c: &str) -> String {
+    format!("CASE WHEN source.{c} > target.{c} THEN source.{c} ELSE target.{c} END")
 }
 
 /// A string column as plain UTF-8 (DataFusion may read strings as views or dictionaries).
@@ -1696,10 +1675,7 @@ fn extra_columns(
     out.into_iter().collect()
 }
 
-fn sensor_windows_batch(
-    windows: &BTreeMap<(String, i64), SensorAgg>,
-    now: i64,
-) -> Result<RecordBatch, String> {
+fn sensor_windows_batch(windows: &Keyed<SensorAgg>, now: i64) -> Result<RecordBatch, String> {
     let f = |n: &str, t: ArrowType| Field::new(n, t, false);
     let sum = |v: i128| i64::try_from(v).map_err(|_| "a window sum exceeds 64 bits".to_owned());
     let mut t_sum = Vec::with_capacity(windows.len());
@@ -1724,8 +1700,8 @@ fn sensor_windows_batch(
         ],
         vec![
             strings(windows.keys().map(|(d, _)| d.as_str())),
-            longs(windows.keys().map(|(_, s)| *s)),
-            longs(windows.keys().map(|(_, s)| s + MINUTE_MS)),
+            longs(windows.keys().map(|(_, w)| w.start.millis())),
+            longs(windows.keys().map(|(_, w)| w.end.millis())),
             longs(windows.values().map(|a| a.count as i64)),
             doubles(windows.values().map(|a| a.temperature_c.min)),
             doubles(windows.values().map(|a| a.temperature_c.max)),
@@ -1738,10 +1714,7 @@ fn sensor_windows_batch(
     )
 }
 
-fn card_windows_batch(
-    windows: &BTreeMap<(String, i64), CardAgg>,
-    now: i64,
-) -> Result<RecordBatch, String> {
+fn card_windows_batch(windows: &Keyed<CardAgg>, now: i64) -> Result<RecordBatch, String> {
     let f = |n: &str, t: ArrowType| Field::new(n, t, false);
     batch(
         vec![
@@ -1755,8 +1728,8 @@ fn card_windows_batch(
         ],
         vec![
             strings(windows.keys().map(|(c, _)| c.as_str())),
-            longs(windows.keys().map(|(_, s)| *s)),
-            longs(windows.keys().map(|(_, s)| s + MINUTE_MS)),
+            longs(windows.keys().map(|(_, w)| w.start.millis())),
+            longs(windows.keys().map(|(_, w)| w.end.millis())),
             longs(windows.values().map(|a| a.count as i64)),
             longs(windows.values().map(|a| a.amount_sum_cents)),
             longs(windows.values().map(|a| a.amount_max_cents)),

@@ -436,15 +436,40 @@ fn lakehouse_query(
     Ok((range, parse_at(query)?))
 }
 
-fn read_error(e: lakehouse::ReadError, degraded: &mut Vec<String>) -> Option<HttpResponse> {
-    match e {
-        lakehouse::ReadError::BadRequest(m) => Some(bad_request(m)),
-        lakehouse::ReadError::Unavailable(m) => {
+type GoldAnswer<W> = (Vec<W>, windows::BatchInfo, windows::SpeedInfo, Vec<String>);
+
+/// One key's windows from a gold table, as `convert` makes them: what every lakehouse window
+/// answer holds. A bad version or instant is a 400 (the `Err`); unreadable tables are `degraded`.
+async fn gold_windows<W>(
+    state: &State,
+    table: Table,
+    key_column: &str,
+    key: &str,
+    range: &Range,
+    at: At,
+    convert: fn(&lakehouse::Read) -> Result<Vec<W>, String>,
+) -> Result<GoldAnswer<W>, HttpResponse> {
+    let mut degraded = Vec::new();
+    let read = match state.lake.windows(table, key_column, key, range, at).await {
+        Ok(r) => Some(r),
+        Err(lakehouse::ReadError::BadRequest(m)) => return Err(bad_request(m)),
+        Err(lakehouse::ReadError::Unavailable(m)) => {
             tracing::warn!(error = %m, "gold tables unreadable");
             degraded.push("gold".to_owned());
             None
         }
-    }
+    };
+    let windows = match read.as_ref().map(convert).transpose() {
+        Ok(w) => w.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "gold tables unreadable");
+            degraded.push("gold".to_owned());
+            Vec::new()
+        }
+    };
+    let (batch, speed) = lakehouse::info(read.as_ref());
+    metrics::degraded(&degraded);
+    Ok((windows, batch, speed, degraded))
 }
 
 /// One device's 1-minute windows from the lakehouse's gold table.
@@ -475,30 +500,20 @@ async fn lakehouse_sensor_windows(
         Ok(r) => r,
         Err(m) => return bad_request(m),
     };
-    let mut degraded = Vec::new();
-    let read = match state
-        .lake
-        .windows(Table::GoldSensorWindows, "device_id", &device, &range, at)
-        .await
+    let (windows, batch, speed, degraded) = match gold_windows(
+        &state,
+        Table::GoldSensorWindows,
+        "device_id",
+        &device,
+        &range,
+        at,
+        lakehouse::sensor_windows,
+    )
+    .await
     {
-        Ok(r) => Some(r),
-        Err(e) => {
-            if let Some(answer) = read_error(e, &mut degraded) {
-                return answer;
-            }
-            None
-        }
+        Ok(w) => w,
+        Err(answer) => return answer,
     };
-    let windows = match read.as_ref().map(lakehouse::sensor_windows).transpose() {
-        Ok(w) => w.unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "gold tables unreadable");
-            degraded.push("gold".to_owned());
-            Vec::new()
-        }
-    };
-    let (batch, speed) = lakehouse::info(read.as_ref());
-    metrics::degraded(&degraded);
     HttpResponse::Ok().json(windows::SensorWindows {
         device_id: device,
         windows,
@@ -535,30 +550,20 @@ async fn lakehouse_card_windows(
             Ok(r) => r,
             Err(m) => return bad_request(m),
         };
-    let mut degraded = Vec::new();
-    let read = match state
-        .lake
-        .windows(Table::GoldCardWindows, "card_id", &card, &range, at)
-        .await
+    let (windows, batch, speed, degraded) = match gold_windows(
+        &state,
+        Table::GoldCardWindows,
+        "card_id",
+        &card,
+        &range,
+        at,
+        lakehouse::card_windows,
+    )
+    .await
     {
-        Ok(r) => Some(r),
-        Err(e) => {
-            if let Some(answer) = read_error(e, &mut degraded) {
-                return answer;
-            }
-            None
-        }
+        Ok(w) => w,
+        Err(answer) => return answer,
     };
-    let windows = match read.as_ref().map(lakehouse::card_windows).transpose() {
-        Ok(w) => w.unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "gold tables unreadable");
-            degraded.push("gold".to_owned());
-            Vec::new()
-        }
-    };
-    let (batch, speed) = lakehouse::info(read.as_ref());
-    metrics::degraded(&degraded);
     HttpResponse::Ok().json(windows::CardWindows {
         card_id: card,
         windows,
@@ -573,7 +578,7 @@ async fn lakehouse_card_windows(
     get,
     path = "/v1/lakehouse/tables/{name}/history",
     params(
-        ("name" = String, Path, description = "bronze, silver_sensor_readings, silver_payments, silver_fraud_labels, gold_sensor_windows or gold_card_windows"),
+        ("name" = String, Path, description = "bronze, silver_sensor_readings, silver_payments, silver_fraud_labels, gold_sensor_windows, gold_card_windows, gold_fraud_scores or gold_alerts"),
         ("limit" = Option<u16>, Query, description = "1 … 1000, default 100"),
     ),
     responses(
