@@ -7,7 +7,12 @@
 
 mod bench;
 mod bench_speed;
+mod generator;
+mod report;
+mod run;
 mod sample;
+mod send;
+mod truth;
 mod workload;
 
 use std::process::ExitCode;
@@ -33,6 +38,9 @@ struct Cli {
 enum Command {
     /// Post a few valid and invalid events to ingest, then read them back from Kafka.
     Sample(sample::SampleArgs),
+    /// Send the seeded workload (readings, payments, fraud scenarios and their labels, with
+    /// out-of-order, late, duplicate and malformed events) at a rate, open loop.
+    Run(run::RunArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -51,6 +59,7 @@ async fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Sample(args) => sample::run(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
     };
     match result {
