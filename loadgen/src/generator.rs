@@ -99,6 +99,8 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The defaults of `lambdalake-loadgen run` (tests build on them).
+    #[cfg(test)]
     pub fn new(seed: u64, run: &str) -> Self {
         Spec {
             seed,
@@ -278,10 +280,6 @@ impl Generator {
             labels: VecDeque::new(),
             recent: VecDeque::with_capacity(1024),
         }
-    }
-
-    pub fn spec(&self) -> &Spec {
-        &self.spec
     }
 
     pub fn device_id(n: usize) -> String {

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_speed;
+mod compare;
 mod generator;
 mod report;
 mod run;
@@ -41,9 +42,18 @@ enum Command {
     /// Send the seeded workload (readings, payments, fraud scenarios and their labels, with
     /// out-of-order, late, duplicate and malformed events) at a rate, open loop.
     Run(run::RunArgs),
-    /// Benchmarks.
+    /// The Lambda-vs-Lakehouse benchmark (without a subcommand), or one component's benchmark.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    component: Option<bench::BenchCommand>,
+
+    #[command(flatten)]
+    compare: compare::CompareArgs,
 }
 
 #[tokio::main]
@@ -60,7 +70,14 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sample(args) => sample::run(args).await,
         Command::Run(args) => run::run(args).await,
-        Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Bench(BenchArgs {
+            component: Some(cmd),
+            ..
+        }) => bench::run(cmd).await,
+        Command::Bench(BenchArgs {
+            component: None,
+            compare,
+        }) => compare::run(compare).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,5 +85,14 @@ async fn main() -> ExitCode {
             eprintln!("lambdalake-loadgen: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

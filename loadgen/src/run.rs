@@ -28,7 +28,7 @@ pub struct WorkloadArgs {
     #[arg(long, default_value = "1000000")]
     pub cards: usize,
     /// Share of the events that are payments (the rest are sensor readings).
-    #[arg(long, default_value = "0.1")]
+    #[arg(long = "payments", id = "payment_share", default_value = "0.1")]
     pub payments: f64,
     /// Fraud scenarios started per payment.
     #[arg(long, default_value = "0.002")]

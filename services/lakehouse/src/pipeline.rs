@@ -920,35 +920,43 @@ impl Pipeline {
             return Ok(Vec::new());
         };
         let cards: BTreeSet<&str> = payments.iter().map(|(_, p)| p.card_id.as_str()).collect();
+        let cards: Vec<&str> = cards.into_iter().collect();
         let t = &self.tables[&Table::SilverPayments];
         let err = |e: String| BatchError::Other(format!("silver_payments: card history: {e}"));
         let ctx = SessionContext::new();
         t.update_datafusion_session(&ctx.state())
             .map_err(|e| err(e.to_string()))?;
         let provider = t.table_provider().await.map_err(|e| err(e.to_string()))?;
-        let batches = ctx
-            .read_table(provider)
-            .and_then(|df| {
-                df.filter(
-                    col("card_id")
-                        .in_list(cards.iter().map(|c| lit(*c)).collect(), false)
-                        .and(col("ts_ms").gt_eq(lit(min_ts - HISTORY_MS))),
-                )
-            })
-            .and_then(|df| {
-                df.select_columns(&[
-                    "card_id",
-                    "kafka_partition",
-                    "kafka_offset",
-                    "ts_ms",
-                    "lat",
-                    "lon",
-                ])
-            })
-            .map_err(|e| err(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        // a bounded IN list per query: file pruning turns the list into a chain of ORs that is
+        // walked recursively, and a micro-batch catching up a backlog holds tens of thousands of
+        // cards (a list that long overflowed the pipeline thread's stack)
+        let mut batches = Vec::new();
+        for chunk in cards.chunks(CARDS_PER_HISTORY_QUERY) {
+            batches.extend(
+                ctx.read_table(provider.clone())
+                    .and_then(|df| {
+                        df.filter(
+                            col("card_id")
+                                .in_list(chunk.iter().map(|c| lit(*c)).collect(), false)
+                                .and(col("ts_ms").gt_eq(lit(min_ts - HISTORY_MS))),
+                        )
+                    })
+                    .and_then(|df| {
+                        df.select_columns(&[
+                            "card_id",
+                            "kafka_partition",
+                            "kafka_offset",
+                            "ts_ms",
+                            "lat",
+                            "lon",
+                        ])
+                    })
+                    .map_err(|e| err(e.to_string()))?
+                    .collect()
+                    .await
+                    .map_err(|e| err(e.to_string()))?,
+            );
+        }
         // (card, partition) → (offset, seen)
         let mut history: HashMap<(String, i32), Vec<(i64, lambdalake_views::fraud::Seen)>> =
             HashMap::new();
@@ -1374,6 +1382,9 @@ impl Pipeline {
 
 /// Scores and the coordinates of the events they score.
 type ScoredAt = (Vec<(i32, i64)>, Vec<Scored>);
+
+/// Most cards in one history query of [`Pipeline::score`].
+const CARDS_PER_HISTORY_QUERY: usize = 500;
 
 /// The Kafka coordinates of `events`, in order.
 fn coordinates(events: &[Fresh]) -> Vec<(i32, i64)> {

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use lambdalake_lakehouse::deltalake_core::DeltaTable;
 use lambdalake_lakehouse::deltalake_core::arrow::array::{
-    Array, Float64Array, Int64Array, RecordBatch,
+    Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
+use lambdalake_lakehouse::deltalake_core::arrow::compute::cast;
+use lambdalake_lakehouse::deltalake_core::arrow::datatypes::DataType;
 use lambdalake_lakehouse::deltalake_core::datafusion::prelude::{SessionContext, col, lit};
 use lambdalake_lakehouse::tables::{At, Location, Table};
 use serde::Serialize;
@@ -180,6 +182,85 @@ impl Reader {
             .filter_map(|(part, id)| stored.get(id).map(|o| (part.clone(), *o)))
             .collect();
         Ok((gold.version().map_or(-1, |v| v as i64), committed, offsets))
+    }
+
+    /// gold_alerts rows of events in `[since, until]` (event time, ms), newest event time first, at most `limit`; each in the shape of the speed layer's alerts
+    /// (`alert_id`, `kind`, `key`, `ts`, `score`, `model_version`, `reasons`, `detected_at_ms`).
+    pub async fn alerts(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, ReadError> {
+        let table = Table::GoldAlerts;
+        let (t, _) = self.table(table, At::Latest).await?;
+        let unavailable = |e: String| ReadError::Unavailable(format!("{}: {e}", table.name()));
+        let ctx = SessionContext::new();
+        t.update_datafusion_session(&ctx.state())
+            .map_err(|e| unavailable(e.to_string()))?;
+        let provider = t
+            .table_provider()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut filter = lit(true);
+        if let Some(s) = since {
+            filter = filter.and(col("ts_ms").gt_eq(lit(s)));
+        }
+        if let Some(u) = until {
+            filter = filter.and(col("ts_ms").lt_eq(lit(u)));
+        }
+        let batches = ctx
+            .read_table(provider)
+            .and_then(|df| df.filter(filter))
+            .and_then(|df| {
+                df.sort(vec![
+                    col("ts_ms").sort(false, false),
+                    col("alert_id").sort(true, false),
+                ])
+            })
+            .and_then(|df| df.limit(0, Some(limit)))
+            .map_err(|e| unavailable(e.to_string()))?
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut out = Vec::new();
+        for b in &batches {
+            // strings may come back as Utf8 or Utf8View depending on the reader: cast to one
+            let strings = |name: &str| -> Option<StringArray> {
+                let c = b.column_by_name(name)?;
+                let c = cast(c.as_ref(), &DataType::Utf8).ok()?;
+                c.as_any().downcast_ref::<StringArray>().cloned()
+            };
+            let (Some(id), Some(kind), Some(key), Some(model), Some(reasons)) = (
+                strings("alert_id"),
+                strings("kind"),
+                strings("key"),
+                strings("model_version"),
+                strings("reasons"),
+            ) else {
+                return Err(unavailable("unexpected gold_alerts schema".to_owned()));
+            };
+            let (Some(ts), Some(detected), Some(score)) = (
+                longs(b, "ts_ms"),
+                longs(b, "detected_at_ms"),
+                doubles(b, "score"),
+            ) else {
+                return Err(unavailable("unexpected gold_alerts schema".to_owned()));
+            };
+            for i in 0..b.num_rows() {
+                out.push(serde_json::json!({
+                    "alert_id": id.value(i),
+                    "kind": kind.value(i),
+                    "key": key.value(i),
+                    "ts": ts.value(i),
+                    "score": (!score.is_null(i)).then(|| score.value(i)),
+                    "model_version": model.value(i),
+                    "reasons": reasons.value(i).split(',').filter(|r| !r.is_empty()).collect::<Vec<_>>(),
+                    "detected_at_ms": detected.value(i),
+                }));
+            }
+        }
+        Ok(out)
     }
 
     /// The newest `limit` commits of `table`, newest first.

@@ -161,7 +161,8 @@ pub struct AlertsBody {
         get_overview,
         lakehouse_sensor_windows,
         lakehouse_card_windows,
-        lakehouse_history
+        lakehouse_history,
+        lakehouse_alerts
     ),
     components(schemas(
         windows::SensorWindows,
@@ -341,14 +342,49 @@ async fn card_risk(
     HttpResponse::Ok().json(body)
 }
 
-/// `GET /v1/alerts?since=…&limit=…`: the speed layer's recent alerts (fraud and sensor), newest
-/// event time first; `since` (RFC 3339) keeps alerts of events at or after it; `limit` 1 … 1000,
-/// default 100.
+/// `since`, `until` (RFC 3339, both inclusive) and `limit` (1 … 1000, default 100) of the
+/// alert endpoints.
+fn alert_query(query: &HashMap<String, String>) -> Result<(Option<i64>, Option<i64>, u16), String> {
+    let unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !matches!(*k, "since" | "until" | "limit"))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown query parameter(s): {} (expected since, until, limit)",
+            unknown.join(", ")
+        ));
+    }
+    let instant = |name: &str| match query.get(name) {
+        None => Ok(None),
+        Some(v) => lambdalake_events::EventTime::parse_rfc3339(name, v)
+            .map(|t| Some(t.millis()))
+            .map_err(|e| format!("{name}: {}", e.reason)),
+    };
+    let (since, until) = (instant("since")?, instant("until")?);
+    if let (Some(s), Some(u)) = (since, until)
+        && s > u
+    {
+        return Err("since must not be after until".to_owned());
+    }
+    let limit = match query.get("limit").map(|l| l.parse::<u16>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=1000).contains(&l) => l,
+        Some(_) => return Err("limit: must be an integer from 1 to 1000".to_owned()),
+    };
+    Ok((since, until, limit))
+}
+
+/// `GET /v1/alerts?since=…&until=…&limit=…`: the speed layer's recent alerts (fraud and sensor),
+/// newest event time first; `since` and `until` (RFC 3339, inclusive) bound the events' time;
+/// `limit` 1 … 1000, default 100.
 #[utoipa::path(
     get,
     path = "/v1/alerts",
     params(
         ("since" = Option<String>, Query, description = "RFC 3339: alerts of events at or after it"),
+        ("until" = Option<String>, Query, description = "RFC 3339: alerts of events at or before it"),
         ("limit" = Option<u16>, Query, description = "1 … 1000, default 100"),
     ),
     responses(
@@ -360,33 +396,14 @@ async fn alerts(
     state: web::Data<State>,
     query: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    let unknown: Vec<&str> = query
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !matches!(*k, "since" | "limit"))
-        .collect();
-    if !unknown.is_empty() {
-        return bad_request(format!(
-            "unknown query parameter(s): {} (expected since, limit)",
-            unknown.join(", ")
-        ));
-    }
-    let since = match query.get("since") {
-        None => None,
-        Some(v) => match lambdalake_events::EventTime::parse_rfc3339("since", v) {
-            Ok(t) => Some(t.millis()),
-            Err(e) => return bad_request(format!("since: {}", e.reason)),
-        },
-    };
-    let limit = match query.get("limit").map(|l| l.parse::<u16>()) {
-        None => 100,
-        Some(Ok(l)) if (1..=1000).contains(&l) => l,
-        Some(_) => return bad_request("limit: must be an integer from 1 to 1000"),
+    let (since, until, limit) = match alert_query(&query) {
+        Ok(q) => q,
+        Err(m) => return bad_request(m),
     };
     let mut pipe = redis::pipe();
     pipe.cmd("ZRANGE")
         .arg(state.keys.alerts())
-        .arg("+inf")
+        .arg(until.map_or_else(|| "+inf".to_owned(), |u| u.to_string()))
         .arg(since.map_or_else(|| "-inf".to_owned(), |s| s.to_string()))
         .arg("BYSCORE")
         .arg("REV")
@@ -410,6 +427,41 @@ async fn alerts(
         alerts: list,
         degraded,
     })
+}
+
+/// `GET /v1/lakehouse/alerts?since=…&until=…&limit=…`: the lakehouse's alerts (gold_alerts),
+/// with the parameters and the order of `/v1/alerts`.
+#[utoipa::path(
+    get,
+    path = "/v1/lakehouse/alerts",
+    params(
+        ("since" = Option<String>, Query, description = "RFC 3339: alerts of events at or after it"),
+        ("until" = Option<String>, Query, description = "RFC 3339: alerts of events at or before it"),
+        ("limit" = Option<u16>, Query, description = "1 … 1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "Newest event time first (`degraded`: `[\"gold\"]` when the tables cannot be read)", body = AlertsBody),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    )
+)]
+async fn lakehouse_alerts(
+    state: web::Data<State>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let (since, until, limit) = match alert_query(&query) {
+        Ok(q) => q,
+        Err(m) => return bad_request(m),
+    };
+    let (alerts, degraded) = match state.lake.alerts(since, until, usize::from(limit)).await {
+        Ok(a) => (a, Vec::new()),
+        Err(lakehouse::ReadError::BadRequest(m)) => return bad_request(m),
+        Err(lakehouse::ReadError::Unavailable(m)) => {
+            tracing::warn!(error = %m, "gold tables unreadable");
+            (Vec::new(), vec!["gold".to_owned()])
+        }
+    };
+    metrics::degraded(&degraded);
+    HttpResponse::Ok().json(AlertsBody { alerts, degraded })
 }
 
 /// `version` or `as_of` (not both): which version of a gold table to read.
@@ -674,6 +726,7 @@ pub fn api(state: web::Data<State>) -> impl FnOnce(&mut web::ServiceConfig) {
             )
             .route("/v1/lambda/cards/{card_id}/risk", web::get().to(card_risk))
             .route("/v1/alerts", web::get().to(alerts))
+            .route("/v1/lakehouse/alerts", web::get().to(lakehouse_alerts))
             .route("/v1/overview", web::get().to(get_overview))
             .route("/", web::get().to(dashboard))
             .route("/openapi.json", web::get().to(openapi))

@@ -9,6 +9,9 @@ use tokio_util::task::TaskTracker;
 
 pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Stack of the threads [`Tasks::spawn_thread`] starts: 64 MiB.
+pub const THREAD_STACK_BYTES: usize = 64 << 20;
+
 /// Supervises a service's tasks.
 #[derive(Clone, Default)]
 pub struct Tasks {
@@ -49,7 +52,7 @@ impl Tasks {
         });
     }
 
-    /// Run blocking work (a consumer loop) on a thread of its own, supervised as the task `name`:
+    /// Run blocking work (a consumer loop) on a thread of its own (a [`THREAD_STACK_BYTES`] stack), supervised as the task `name`:
     /// when it ends — done, failed or panicked — everything shuts down, and its error becomes the
     /// task's failure.
     pub fn spawn_thread<E, F>(&self, name: &'static str, work: F) -> Result<(), String>
@@ -61,6 +64,9 @@ impl Tasks {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(name.to_owned())
+            // query planners (DataFusion) recurse over expression trees: room for deep ones
+            // (only the pages touched are committed)
+            .stack_size(THREAD_STACK_BYTES)
             .spawn(move || {
                 let _ = done_tx.send(work().map_err(|e| e.to_string()));
             })
