@@ -1073,6 +1073,17 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
         wait_ready(&http, &stack).await?;
         Some(stack)
     };
+    if let Some(stack) = &stack {
+        // Ctrl-C: stop the services this run started, then exit
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nbench: interrupted; stopping the services it started");
+                stack.lock().unwrap_or_else(|e| e.into_inner()).stop();
+                std::process::exit(130);
+            }
+        });
+    }
     let url = |name: &str, external: &str| match &stack {
         Some(s) => s.lock().unwrap_or_else(|e| e.into_inner()).url(name),
         None => external.trim_end_matches('/').to_owned(),
@@ -1086,6 +1097,33 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
     ];
     let mut send = args.send.clone();
     send.ingest_url = ingest_url.clone();
+    if stack.is_some() {
+        // the services' addresses, for a shell (`. services.env`) and the course map's commands
+        let env: String = [
+            ("INGEST", &ingest_url),
+            ("SERVING", &serving_url),
+            ("SPEED", &metric_urls[0]),
+            ("LAKEHOUSE", &metric_urls[1]),
+            ("BATCH", &metric_urls[2]),
+        ]
+        .iter()
+        .map(|(k, v)| format!("export LAMBDALAKE_{k}_URL={v}\n"))
+        .chain(
+            [
+                ("SENSOR_READINGS", &args.topics.sensor_readings),
+                ("PAYMENTS", &args.topics.payments),
+                ("ALERTS", &args.topics.alerts),
+                ("LATE_EVENTS", &args.topics.late_events),
+                ("DEAD_LETTER", &args.topics.dead_letter),
+                ("FRAUD_LABELS", &args.topics.fraud_labels),
+            ]
+            .iter()
+            .map(|(k, v)| format!("export LAMBDALAKE_TOPIC_{k}={v}\n")),
+        )
+        .chain([format!("export LAMBDALAKE_SPEED_KEY_PREFIX={prefix}\n")])
+        .collect();
+        std::fs::write(out.join("services.env"), env)?;
+    }
 
     let truth = Arc::new(Mutex::new(Truth::default()));
     let lateness = spec.late_by_ms.1;

@@ -436,7 +436,7 @@ impl Generator {
             d.extra_vib = 0.0;
         }
         // daily cycle: ±3 °C, warmest at 15:00 UTC
-        let phase = (ts.rem_euclid(DAY_MS) as f64 / DAY_MS as f64 - 0.375) * std::f64::consts::TAU;
+        let phase = (ts.rem_euclid(DAY_MS) as f64 / DAY_MS as f64 - 0.625) * std::f64::consts::TAU;
         let t = d.base_c + 3.0 * phase.cos() + d.extra_c + rng.random_range(-1.0..1.0);
         let v = d.base_vib + d.extra_vib + rng.random_range(0.0..0.5);
         let site = SITES[n % SITES.len()];

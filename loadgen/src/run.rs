@@ -24,7 +24,7 @@ pub struct WorkloadArgs {
     #[arg(long, default_value = "1000")]
     pub devices: usize,
     /// Cards. A card pays rarely (5+ payments in 10 minutes is a fraud signal): keep
-    /// cards ≥ 300 × the payments per second.
+    /// cards ≥ 1,000 × the payments per second, or legitimate cards trip the rule.
     #[arg(long, default_value = "1000000")]
     pub cards: usize,
     /// Share of the events that are payments (the rest are sensor readings).

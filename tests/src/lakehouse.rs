@@ -1094,3 +1094,52 @@ async fn two_instances_share_the_tables_and_one_takes_over_after_a_kill() {
     drop(guard);
     let _ = std::fs::remove_dir_all(&lake.dir);
 }
+
+/// A backlog taken in one micro-batch holds tens of thousands of cards: their histories are read
+/// in bounded queries (one IN list of every card overflowed the pipeline thread's stack, seen
+/// when the benchmark's SIGKILLed lakehouse caught up); every payment is scored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_many_distinct_cards_is_scored_in_one_micro_batch() {
+    let mut s = Setup::new();
+    let mut lake = Lake::new();
+    let now = crate::speed::now_ms();
+    let n = 30_000;
+    let payments: Vec<String> = (0..n)
+        .map(|i| {
+            crate::speed::payment_json(
+                &format!("{}-p{i}", lake.group),
+                &format!("card-{i}"),
+                now + i as i64,
+                1_000,
+                "m-1",
+                5411,
+                "FR",
+                45.0,
+                4.0,
+            )
+        })
+        .collect();
+    for chunk in payments.chunks(5_000) {
+        s.send_payments(chunk).await;
+    }
+    // all of it in one micro-batch: a long trigger, a row limit above the backlog
+    let _guard = Kill(vec![lake.spawn(&s, &["--trigger", "3s", "--max-rows", "100000"])]);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if lake.dir.join("gold_fraud_scores").exists()
+            && count(&lake.tables, Table::GoldFraudScores).await == n as i64
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the payments were not all scored; logs: {}",
+            lake.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = std::fs::read_to_string(lake.logs.last().unwrap()).unwrap();
+    assert!(!log.contains("overflowed"), "{log}");
+    drop(_guard);
+    let _ = std::fs::remove_dir_all(&lake.dir);
+}

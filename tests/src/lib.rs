@@ -5,6 +5,8 @@
 #[cfg(test)]
 mod batch;
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod dashboard;
 #[cfg(test)]
 mod ingest;
