@@ -12,8 +12,8 @@
 //!   amount; a legitimate payment is near home, in a favourite category, around the typical
 //!   amount, and a card pays rarely (see `--cards`).
 //! - **Fraud scenarios**, started at a rate of `fraud` per payment on a random card:
-//!   *card testing* (6–9 small payments seconds apart at a digital-goods merchant),
-//!   *impossible travel* (a payment at home, then one 1,500+ km away a few minutes later),
+//!   *card testing* (6–9 small payments 0.5–2.5 s apart at a digital-goods merchant),
+//!   *impossible travel* (a payment at home, then one 1,500+ km away 20 s to 2 minutes later),
 //!   *amount spike* (one payment 20–50 × the card's typical amount at a jeweller),
 //!   *new-country spree* (3–5 payments abroad at a casino, a minute apart). Every fraudulent
 //!   payment's label (`fraud: true`) follows `label_delay` later; a sample of legitimate
@@ -498,15 +498,15 @@ impl Generator {
         };
         match self.rng.random_range(0..4) {
             0 => {
-                // card testing: small amounts, seconds apart, digital goods
+                // card testing: small amounts, a second or two apart, digital goods
                 for _ in 0..self.rng.random_range(6..=9) {
-                    at += self.rng.random_range(2_000..8_000);
+                    at += self.rng.random_range(500..2_500);
                     let amount = self.rng.random_range(100..300);
                     push(&mut self.scheduled, at, amount, 5816, c.home, true);
                 }
             }
             1 => {
-                // impossible travel: at home, then far away minutes later
+                // impossible travel: at home, then far away 20 s to 2 minutes later
                 at += 1_000;
                 push(
                     &mut self.scheduled,
@@ -516,7 +516,7 @@ impl Generator {
                     c.home,
                     false,
                 );
-                at += self.rng.random_range(60_000..300_000);
+                at += self.rng.random_range(20_000..120_000);
                 push(
                     &mut self.scheduled,
                     at,

@@ -110,7 +110,10 @@ fn short_bench_reports_both_architectures_exact_after_the_recompute_then_the_cou
 
     // both architectures processed events
     let throughput = report["throughput"].as_array().expect("throughput");
-    for (what, v) in throughput.iter().map(|t| (t[0].as_str().unwrap(), t[1].as_f64().unwrap())) {
+    for (what, v) in throughput
+        .iter()
+        .map(|t| (t[0].as_str().unwrap(), t[1].as_f64().unwrap()))
+    {
         assert!(v > 0.0, "{what}: {v} events/s");
     }
     // freshness measured on the speed path and gold
@@ -139,7 +142,10 @@ fn short_bench_reports_both_architectures_exact_after_the_recompute_then_the_cou
     assert!(sent["accepted"].as_u64().unwrap() > 5_000, "{sent}");
     assert_eq!(sent["malformed_accepted"], 0);
     assert_eq!(sent["valid_rejected"], 0);
-    assert!(sent["rejected"].as_u64().unwrap() > 0, "malformed events were sent");
+    assert!(
+        sent["rejected"].as_u64().unwrap() > 0,
+        "malformed events were sent"
+    );
     // fraud: alerts matched with the truth in both paths
     for (path, d) in report["detection"]
         .as_array()
