@@ -323,6 +323,17 @@ impl Drop for Stack {
     }
 }
 
+/// Stops the services when dropped, unless disarmed (the run succeeded).
+struct StopOnError(Option<Arc<Mutex<Stack>>>);
+
+impl Drop for StopOnError {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        }
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -478,7 +489,7 @@ async fn poll_probes(sh: Arc<Shared>) {
             }
         }
         for (path, api, every) in [("speed", "lambda", 1), ("lakehouse", "lakehouse", 2)] {
-            if round % every != 0 {
+            if !round.is_multiple_of(every) {
                 continue;
             }
             let pending = {
@@ -525,7 +536,7 @@ async fn poll_probes(sh: Arc<Shared>) {
             }
         }
         // batch: when a new version is published, the probes its cutoff covers
-        if round % 5 == 0
+        if round.is_multiple_of(5)
             && let Ok(o) = get_json(&sh.http, &format!("{}/v1/overview", sh.serving)).await
         {
             let version = o["batch"]["version"].as_i64();
@@ -1073,6 +1084,8 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
         wait_ready(&http, &stack).await?;
         Some(stack)
     };
+    // a failed run stops the services it started (other tasks hold the stack too: explicit)
+    let mut guard = StopOnError(stack.clone());
     if let Some(stack) = &stack {
         // Ctrl-C: stop the services this run started, then exit
         let stack = stack.clone();
@@ -1450,6 +1463,7 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
     };
     drop(t);
     report::write(&out, &report)?;
+    guard.0 = None;
     println!("report: {}", out.join("report.md").display());
     if args.keep_running {
         println!("dashboard: {serving_url}/");

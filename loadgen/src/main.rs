@@ -38,12 +38,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Post a few valid and invalid events to ingest, then read them back from Kafka.
-    Sample(sample::SampleArgs),
+    Sample(Box<sample::SampleArgs>),
     /// Send the seeded workload (readings, payments, fraud scenarios and their labels, with
     /// out-of-order, late, duplicate and malformed events) at a rate, open loop.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// The Lambda-vs-Lakehouse benchmark (without a subcommand), or one component's benchmark.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -68,16 +68,18 @@ async fn main() -> ExitCode {
         eprintln!("lambdalake-loadgen: {e}");
     }
     let result = match cli.command {
-        Command::Sample(args) => sample::run(args).await,
-        Command::Run(args) => run::run(args).await,
-        Command::Bench(BenchArgs {
-            component: Some(cmd),
-            ..
-        }) => bench::run(cmd).await,
-        Command::Bench(BenchArgs {
-            component: None,
-            compare,
-        }) => compare::run(compare).await,
+        Command::Sample(args) => sample::run(*args).await,
+        Command::Run(args) => run::run(*args).await,
+        Command::Bench(args) => match *args {
+            BenchArgs {
+                component: Some(cmd),
+                ..
+            } => bench::run(cmd).await,
+            BenchArgs {
+                component: None,
+                compare,
+            } => compare::run(compare).await,
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

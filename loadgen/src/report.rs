@@ -95,7 +95,10 @@ pub fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     h.iter_recorded()
         .map(|v| {
             acc += v.count_at_value();
-            (h.lowest_equivalent(v.value_iterated_to()) as f64 / 1000.0, acc as f64 / n)
+            (
+                h.lowest_equivalent(v.value_iterated_to()) as f64 / 1000.0,
+                acc as f64 / n,
+            )
         })
         .collect()
 }

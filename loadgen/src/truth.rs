@@ -347,8 +347,8 @@ mod tests {
     fn card_windows_compare_to_the_cent() {
         let agg = CardAgg {
             count: 2,
-            amount_sum_cents: 1_234_57,
-            amount_max_cents: 1_000_00,
+            amount_sum_cents: 123_457,
+            amount_max_cents: 100_000,
             merchants: Default::default(),
             countries: Default::default(),
         };
