@@ -30,10 +30,17 @@ impl Page {
                 json!({"id": id, "method": method, "params": params}).to_string(),
             ))
             .expect("send to the browser");
+        // reads time out every 200 ms (so `pump` can stop); a loaded machine (the bench test
+        // runs services beside this one) may take longer than one read to answer
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let msg = self.read().expect("the browser answers");
-            if msg["id"] == id {
-                return msg;
+            match self.read() {
+                Some(msg) if msg["id"] == id => return msg,
+                Some(_) => {}
+                None => assert!(
+                    Instant::now() < deadline,
+                    "the browser did not answer {method} within 30 s"
+                ),
             }
         }
     }
