@@ -542,19 +542,25 @@ async fn freshness(
     })
 }
 
+/// Every key under `prefix:` (SCAN, not KEYS: Redis keeps serving meanwhile).
+pub(crate) fn keys_under(
+    con: &mut redis::Connection,
+    prefix: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let iter: redis::Iter<String> = redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(format!("{prefix}:*"))
+        .arg("COUNT")
+        .arg(10_000)
+        .clone()
+        .iter(con)?;
+    iter.collect()
+}
+
 /// Delete every key under `prefix:` (a bench's own keys).
 fn delete_prefix(con: &mut redis::Connection, prefix: &str) -> anyhow::Result<()> {
-    let keys: Vec<String> = {
-        let iter: redis::Iter<String> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .clone()
-            .iter(con)?;
-        iter.collect::<Result<_, _>>()?
-    };
+    let keys = keys_under(con, prefix)?;
     for chunk in keys.chunks(10_000) {
         redis::cmd("UNLINK").arg(chunk).query::<()>(con)?;
     }

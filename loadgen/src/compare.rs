@@ -845,17 +845,7 @@ async fn database_bytes(url: &str) -> Option<u64> {
 
 fn redis_bytes(url: &str, prefix: &str) -> Option<u64> {
     let mut con = redis::Client::open(url).ok()?.get_connection().ok()?;
-    let keys: Vec<String> = redis::cmd("SCAN")
-        .cursor_arg(0)
-        .arg("MATCH")
-        .arg(format!("{prefix}:*"))
-        .arg("COUNT")
-        .arg(10_000)
-        .clone()
-        .iter(&mut con)
-        .ok()?
-        .filter_map(Result::ok)
-        .collect();
+    let keys = crate::bench_speed::keys_under(&mut con, prefix).ok()?;
     let mut pipe = redis::pipe();
     for k in &keys {
         pipe.cmd("MEMORY").arg("USAGE").arg(k);

@@ -539,6 +539,22 @@ async fn merged_windows_come_once_from_the_right_side_of_the_cutoff_across_versi
         list.iter()
             .all(|a| a["ts"].as_i64().unwrap() >= overheat_ts)
     );
+    // `until` bounds the other end, inclusive
+    let (status, body) = get(
+        &http,
+        &format!(
+            "{base}/v1/alerts?since={0}&until={0}&limit=50",
+            rfc3339(overheat_ts)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let list = body["alerts"].as_array().expect("alerts");
+    assert!(!list.is_empty(), "{body}");
+    assert!(
+        list.iter()
+            .all(|a| a["ts"].as_i64().unwrap() == overheat_ts)
+    );
     let (_, body) = get(&http, &format!("{base}/v1/alerts?limit=3")).await;
     let ts: Vec<i64> = body["alerts"]
         .as_array()
@@ -861,6 +877,15 @@ async fn bad_queries_get_a_precise_400() {
         ("/v1/lambda/cards/%20c1/windows".to_owned(), "card_id"),
         ("/v1/alerts?limit=0".to_owned(), "limit"),
         ("/v1/alerts?since=soon".to_owned(), "since"),
+        (
+            "/v1/alerts?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z".to_owned(),
+            "since must not be after until",
+        ),
+        ("/v1/lakehouse/alerts?limit=1001".to_owned(), "limit"),
+        (
+            "/v1/lakehouse/alerts?kind=fraud".to_owned(),
+            "unknown query parameter(s): kind",
+        ),
         (format!("/v1/lambda/cards/{long}/risk"), "card_id"),
         (
             "/v1/lambda/cards/c1/risk?as_of=2026-01-01T00:00:00Z".to_owned(),
@@ -872,6 +897,8 @@ async fn bad_queries_get_a_precise_400() {
         assert_eq!(status, 400, "{path}: {body}");
         let documented = if path.starts_with("/v1/alerts") {
             "/v1/alerts"
+        } else if path.starts_with("/v1/lakehouse/alerts") {
+            "/v1/lakehouse/alerts"
         } else if path.ends_with("/risk") || path.contains("/risk?") {
             "/v1/lambda/cards/{card_id}/risk"
         } else if path.starts_with("/v1/lambda/cards") {

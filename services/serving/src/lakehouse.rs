@@ -18,6 +18,7 @@ use lambdalake_lakehouse::deltalake_core::arrow::array::{
 };
 use lambdalake_lakehouse::deltalake_core::arrow::compute::cast;
 use lambdalake_lakehouse::deltalake_core::arrow::datatypes::DataType;
+use lambdalake_lakehouse::deltalake_core::datafusion::logical_expr::{Expr, SortExpr};
 use lambdalake_lakehouse::deltalake_core::datafusion::prelude::{SessionContext, col, lit};
 use lambdalake_lakehouse::tables::{At, Location, Table};
 use serde::Serialize;
@@ -131,29 +132,18 @@ impl Reader {
         at: At,
     ) -> Result<Read, ReadError> {
         let (t, committed) = self.table(table, at).await?;
-        let unavailable = |e: String| ReadError::Unavailable(format!("{}: {e}", table.name()));
-        let ctx = SessionContext::new();
-        t.update_datafusion_session(&ctx.state())
-            .map_err(|e| unavailable(e.to_string()))?;
-        let provider = t
-            .table_provider()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let batches = ctx
-            .read_table(provider)
-            .and_then(|df| {
-                df.filter(
-                    col(key_column)
-                        .eq(lit(key))
-                        .and(col("start_ms").gt_eq(lit(range.from_ms)))
-                        .and(col("start_ms").lt(lit(range.to_ms))),
-                )
-            })
-            .and_then(|df| df.sort(vec![col("start_ms").sort(true, false)]))
-            .map_err(|e| unavailable(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let filter = col(key_column)
+            .eq(lit(key))
+            .and(col("start_ms").gt_eq(lit(range.from_ms)))
+            .and(col("start_ms").lt(lit(range.to_ms)));
+        let batches = scan(
+            &t,
+            table,
+            filter,
+            vec![col("start_ms").sort(true, false)],
+            None,
+        )
+        .await?;
         Ok(Read {
             version: t.version().map_or(-1, |v| v as i64),
             committed_ms: committed,
@@ -184,8 +174,8 @@ impl Reader {
         Ok((gold.version().map_or(-1, |v| v as i64), committed, offsets))
     }
 
-    /// gold_alerts rows of events in `[since, until]` (event time, ms), newest event time first, at most `limit`; each in the shape of the speed layer's alerts
-    /// (`alert_id`, `kind`, `key`, `ts`, `score`, `model_version`, `reasons`, `detected_at_ms`).
+    /// gold_alerts rows of events in `[since, until]` (event time, ms), newest event time first,
+    /// at most `limit`; each in the shape of the speed layer's alerts (`alert_id`, `kind`, `key`, `ts`, `score`, `model_version`, `reasons`, `detected_at_ms`).
     pub async fn alerts(
         &self,
         since: Option<i64>,
@@ -194,14 +184,6 @@ impl Reader {
     ) -> Result<Vec<serde_json::Value>, ReadError> {
         let table = Table::GoldAlerts;
         let (t, _) = self.table(table, At::Latest).await?;
-        let unavailable = |e: String| ReadError::Unavailable(format!("{}: {e}", table.name()));
-        let ctx = SessionContext::new();
-        t.update_datafusion_session(&ctx.state())
-            .map_err(|e| unavailable(e.to_string()))?;
-        let provider = t
-            .table_provider()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
         let mut filter = lit(true);
         if let Some(s) = since {
             filter = filter.and(col("ts_ms").gt_eq(lit(s)));
@@ -209,20 +191,11 @@ impl Reader {
         if let Some(u) = until {
             filter = filter.and(col("ts_ms").lt_eq(lit(u)));
         }
-        let batches = ctx
-            .read_table(provider)
-            .and_then(|df| df.filter(filter))
-            .and_then(|df| {
-                df.sort(vec![
-                    col("ts_ms").sort(false, false),
-                    col("alert_id").sort(true, false),
-                ])
-            })
-            .and_then(|df| df.limit(0, Some(limit)))
-            .map_err(|e| unavailable(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let sort = vec![
+            col("ts_ms").sort(false, false),
+            col("alert_id").sort(true, false),
+        ];
+        let batches = scan(&t, table, filter, sort, Some(limit)).await?;
         let mut out = Vec::new();
         for b in &batches {
             // strings may come back as Utf8 or Utf8View depending on the reader: cast to one
@@ -238,14 +211,18 @@ impl Reader {
                 strings("model_version"),
                 strings("reasons"),
             ) else {
-                return Err(unavailable("unexpected gold_alerts schema".to_owned()));
+                return Err(ReadError::Unavailable(
+                    "gold_alerts: unexpected schema".to_owned(),
+                ));
             };
             let (Some(ts), Some(detected), Some(score)) = (
                 longs(b, "ts_ms"),
                 longs(b, "detected_at_ms"),
                 doubles(b, "score"),
             ) else {
-                return Err(unavailable("unexpected gold_alerts schema".to_owned()));
+                return Err(ReadError::Unavailable(
+                    "gold_alerts: unexpected schema".to_owned(),
+                ));
             };
             for i in 0..b.num_rows() {
                 out.push(serde_json::json!({
@@ -307,6 +284,32 @@ impl Reader {
             commits,
         })
     }
+}
+
+/// The rows of `t` (a version of `table`) matching `filter`, in `sort` order, at most `limit`.
+async fn scan(
+    t: &DeltaTable,
+    table: Table,
+    filter: Expr,
+    sort: Vec<SortExpr>,
+    limit: Option<usize>,
+) -> Result<Vec<RecordBatch>, ReadError> {
+    let unavailable = |e: String| ReadError::Unavailable(format!("{}: {e}", table.name()));
+    let ctx = SessionContext::new();
+    t.update_datafusion_session(&ctx.state())
+        .map_err(|e| unavailable(e.to_string()))?;
+    let provider = t
+        .table_provider()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    ctx.read_table(provider)
+        .and_then(|df| df.filter(filter))
+        .and_then(|df| df.sort(sort))
+        .and_then(|df| df.limit(0, limit))
+        .map_err(|e| unavailable(e.to_string()))?
+        .collect()
+        .await
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 /// `GET /v1/lakehouse/tables/{name}/history`.
