@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
         log_filter: std::env::var("LAMBDALAKE_LOG").unwrap_or_else(|_| "warn".to_owned()),
         log_format: lambdalake_runtime::telemetry::LogFormat::Text,
     };
-    if let Err(e) = lambdalake_runtime::telemetry::init(&telemetry) {
+    if let Err(e) = lambdalake_runtime::telemetry::init_logs(&telemetry) {
         eprintln!("lambdalake-loadgen: {e}");
     }
     let result = match cli.command {

@@ -18,6 +18,7 @@ use lambdalake_events::{Event, FraudLabel, Payment, Policy, SensorReading};
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use lambdalake_kafka::rdkafka::message::Message;
 use lambdalake_kafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
+use lambdalake_runtime::otel;
 use lambdalake_runtime::tasks::CancellationToken;
 use polars::prelude::*;
 
@@ -142,6 +143,8 @@ struct Rec {
     kafka_ts: Option<i64>,
     raw: Vec<u8>,
     row: Row,
+    /// The trace the record carries (only read when tracing is on).
+    trace: Option<otel::Parent>,
 }
 
 impl Rec {
@@ -255,6 +258,7 @@ impl Archiver {
                         m.offset(),
                         m.timestamp().to_millis(),
                         m.payload().unwrap_or_default().to_vec(),
+                        lambdalake_kafka::parent_of(&m),
                     )
                 })
             });
@@ -262,8 +266,8 @@ impl Archiver {
             match polled {
                 None => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                Some(Ok((topic, p, offset, kafka_ts, payload))) => {
-                    self.take(topic, p, offset, kafka_ts, payload);
+                Some(Ok((topic, p, offset, kafka_ts, payload, trace))) => {
+                    self.take(topic, p, offset, kafka_ts, payload, trace);
                 }
             }
             if self.buffered >= self.settings.flush_records
@@ -346,6 +350,7 @@ impl Archiver {
         offset: i64,
         kafka_ts: Option<i64>,
         payload: Vec<u8>,
+        trace: Option<otel::Parent>,
     ) {
         let key = (topic, p);
         let Some(part) = self.parts.get_mut(&key) else {
@@ -393,6 +398,7 @@ impl Archiver {
             kafka_ts,
             raw: payload,
             row,
+            trace,
         });
         self.buffered += 1;
     }
@@ -414,7 +420,24 @@ impl Archiver {
             let records = std::mem::take(&mut part.buffer);
             self.buffered -= records.len();
             let n = records.len();
-            match flush(&self.dataset, part, records) {
+            // the write, as a span in each trace the records carry (tracing on)
+            let mut traces = otel::BatchTraces::default();
+            for parent in records.iter().filter_map(|r| r.trace.as_ref()) {
+                traces.add(parent);
+            }
+            let start = std::time::SystemTime::now();
+            let result = flush(&self.dataset, part, records);
+            for mut span in traces.spans("archiver write", otel::Kind::Consumer, start) {
+                span.set("messaging.destination.name", key.0.clone());
+                span.set("messaging.destination.partition.id", key.1.to_string());
+                span.set("lambdalake.records", n as i64);
+                match &result {
+                    Ok(Flushed::Committed(files)) => span.set("lambdalake.files", *files as i64),
+                    Ok(Flushed::Fenced(_)) => span.set("lambdalake.fenced", true),
+                    Err(e) => span.fail(e),
+                }
+            }
+            match result {
                 Ok(Flushed::Committed(files)) => {
                     metrics::ARCHIVED_EVENTS
                         .with_label_values(&[part.kind.as_str()])
@@ -523,6 +546,7 @@ pub fn append(
                 kafka_ts,
                 raw,
                 row,
+                trace: None,
             }
         })
         .collect();

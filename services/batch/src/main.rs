@@ -14,10 +14,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    if let Err(e) = lambdalake_runtime::telemetry::init(&config.telemetry) {
-        eprintln!("lambdalake-batch: {e}");
-        return ExitCode::from(2);
-    }
+    // kept to the end of main: dropping it exports the spans still queued
+    let _tracing = match lambdalake_runtime::telemetry::init(&config.telemetry, "lambdalake-batch")
+    {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("lambdalake-batch: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Command::Bench(args) = config.command() {
         lambdalake_batch::metrics::register();
         return match lambdalake_batch::bench::bench(&config, &args).await {

@@ -6,6 +6,7 @@ use futures::StreamExt;
 use lambdalake_events::body::{self, Framing};
 use lambdalake_events::{Event, Payment, SensorReading};
 use lambdalake_kafka::{ProduceError, TraceContext};
+use lambdalake_runtime::otel::{self, Kind, Span};
 
 use crate::State;
 use crate::metrics;
@@ -32,10 +33,20 @@ async fn ingest<E: Event>(
 ) -> Result<HttpResponse, RequestError> {
     let started = Instant::now();
     let kind = E::KIND.as_str();
-    let result = handle::<E>(&req, payload, &state).await;
+    // the request's span: a child of the client's trace when it sent one
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let parent = header(TraceContext::TRACEPARENT)
+        .and_then(|tp| otel::Parent::from_w3c(tp, header(TraceContext::TRACESTATE)));
+    let mut span = Span::start("ingest request", Kind::Server, parent.as_ref());
+    span.set("http.route", req.match_pattern().unwrap_or_default());
+    span.set("lambdalake.kind", kind);
+    let result = handle::<E>(&req, payload, &state, &span).await;
     let (status, response) = match result {
         Ok(report) => {
             let status = report.status();
+            span.set("lambdalake.accepted", report.accepted as i64);
+            span.set("lambdalake.rejected", report.rejected as i64);
+            span.set("lambdalake.failed", report.failed as i64);
             let span = tracing::Span::current();
             span.record("accepted", report.accepted);
             let mut response = HttpResponse::build(status);
@@ -55,6 +66,11 @@ async fn ingest<E: Event>(
         }
     };
     tracing::Span::current().record("status", status.as_u16());
+    span.set("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() || status.is_client_error() {
+        span.fail(status);
+    }
+    span.end();
     metrics::REQUESTS
         .with_label_values(&[kind, status.as_str()])
         .inc();
@@ -122,6 +138,7 @@ async fn handle<E: Event>(
     req: &HttpRequest,
     payload: web::Payload,
     state: &State,
+    request_span: &Span,
 ) -> Result<IngestReport, RequestError> {
     crate::auth::check(req, &state.api_keys).map_err(RequestError::Unauthorized)?;
     let framing = framing(req)?;
@@ -156,11 +173,20 @@ async fn handle<E: Event>(
     // admission: refuse the whole batch up front rather than half-enqueue it
     let producer = &state.producer;
     let queue_full = !valid.is_empty() && producer.in_flight() + valid.len() > producer.capacity();
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let trace = TraceContext::from_http(
-        header(TraceContext::TRACEPARENT),
-        header(TraceContext::TRACESTATE),
-    );
+    // the records carry the produce span's context (the consumers' spans are its children), or,
+    // when tracing is off, the client's trace context as it came
+    let mut produce_span = request_span.child("produce", Kind::Producer);
+    produce_span.set("messaging.destination.name", topic.to_owned());
+    let trace = match produce_span.w3c() {
+        Some((tp, ts)) => TraceContext::from_http(Some(&tp), ts.as_deref()),
+        None => {
+            let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+            TraceContext::from_http(
+                header(TraceContext::TRACEPARENT),
+                header(TraceContext::TRACESTATE),
+            )
+        }
+    };
     let batch = producer.batch().with_trace(trace.as_ref());
     let mut not_sent = Vec::new();
     if queue_full {
@@ -201,6 +227,12 @@ async fn handle<E: Event>(
         }
     }
     report.failed = report.errors.len() - report.rejected;
+    produce_span.set("messaging.batch.message_count", valid.len() as i64);
+    produce_span.set("lambdalake.acknowledged", report.accepted as i64);
+    if report.failed > 0 {
+        produce_span.fail(format!("{} events not persisted", report.failed));
+    }
+    produce_span.end();
     report.errors.sort_by_key(|e| e.index);
     metrics::EVENTS
         .with_label_values(&[kind, "accepted"])

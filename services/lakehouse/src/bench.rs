@@ -67,6 +67,7 @@ async fn run(location: &Location, args: &BenchArgs) -> Result<String, String> {
                     )
                     .into_bytes(),
                     kafka_ts: Some(t0_ms + n as i64),
+                    trace: None,
                 }
             })
             .collect();

@@ -28,10 +28,15 @@ async fn main() -> ExitCode {
         };
     }
     let config = Config::parse();
-    if let Err(e) = lambdalake_runtime::telemetry::init(&config.telemetry) {
-        eprintln!("lambdalake-lakehouse: {e}");
-        return ExitCode::from(2);
-    }
+    // kept to the end of main: dropping it exports the spans still queued
+    let _tracing =
+        match lambdalake_runtime::telemetry::init(&config.telemetry, "lambdalake-lakehouse") {
+            Ok(tracing) => tracing,
+            Err(e) => {
+                eprintln!("lambdalake-lakehouse: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {

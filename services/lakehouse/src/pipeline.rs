@@ -30,6 +30,7 @@ use lambdalake_events::{Event, FraudLabel, Payment, Policy, SensorReading};
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use lambdalake_kafka::rdkafka::message::Message;
 use lambdalake_kafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
+use lambdalake_runtime::otel::{self, Kind as SpanKind};
 use lambdalake_runtime::tasks::CancellationToken;
 use lambdalake_views::table::{self, Keyed};
 use lambdalake_views::{CardAgg, SensorAgg, WindowSpec};
@@ -275,6 +276,8 @@ pub(crate) struct Record {
     pub(crate) key: Option<String>,
     pub(crate) value: Vec<u8>,
     pub(crate) kafka_ts: Option<i64>,
+    /// The trace the record carries (only read when tracing is on).
+    pub(crate) trace: Option<otel::Parent>,
 }
 
 struct Part {
@@ -408,6 +411,7 @@ impl Pipeline {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: m.payload().unwrap_or_default().to_vec(),
                     kafka_ts: m.timestamp().to_millis(),
+                    trace: lambdalake_kafka::parent_of(&m),
                 })
             });
             self.handle_changes();
@@ -521,10 +525,22 @@ impl Pipeline {
     /// Commit the buffered records; on failure, read them again from the offsets the tables hold.
     fn micro_batch(&mut self) {
         let records = std::mem::take(&mut self.buffer);
+        let start = std::time::SystemTime::now();
         let result = {
             let handle = self.handle.clone();
             handle.block_on(self.commit(&records))
         };
+        // the commit, as a span in each trace the records carry (tracing on)
+        let mut traces = otel::BatchTraces::default();
+        for parent in records.iter().filter_map(|r| r.trace.as_ref()) {
+            traces.add(parent);
+        }
+        for mut span in traces.spans("lakehouse micro-batch commit", SpanKind::Consumer, start) {
+            span.set("lambdalake.records", records.len() as i64);
+            if let Err(e) = &result {
+                span.fail(e);
+            }
+        }
         match result {
             Ok(()) => self.healthy.store(true, Ordering::Release),
             Err(e) => {

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
+use lambdalake_runtime::otel;
 use lambdalake_runtime::{Readiness, Tasks};
 use lambdalake_views::keys::Keys;
 
@@ -800,9 +801,33 @@ impl Application {
                     let route = req
                         .match_pattern()
                         .unwrap_or_else(|| "unmatched".to_owned());
+                    // the API's queries are spans, children of the caller's trace if any
+                    let mut span = if req.path().starts_with("/v1/") {
+                        let header =
+                            |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+                        let parent = header("traceparent")
+                            .and_then(|tp| otel::Parent::from_w3c(tp, header("tracestate")));
+                        let mut span =
+                            otel::Span::start("serving query", otel::Kind::Server, parent.as_ref());
+                        span.set("http.route", route.clone());
+                        span
+                    } else {
+                        otel::Span::none()
+                    };
                     let fut = actix_web::dev::Service::call(srv, req);
                     async move {
-                        let res = fut.await?;
+                        let res = fut.await;
+                        if let Ok(res) = &res {
+                            span.set(
+                                "http.response.status_code",
+                                i64::from(res.status().as_u16()),
+                            );
+                            if res.status().is_server_error() {
+                                span.fail(res.status());
+                            }
+                        }
+                        span.end();
+                        let res = res?;
                         metrics::REQUEST_SECONDS
                             .with_label_values(&[route.as_str()])
                             .observe(started.elapsed().as_secs_f64());

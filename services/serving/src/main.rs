@@ -10,10 +10,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[allow(clippy::print_stderr, reason = "reports a logger that cannot start")]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    if let Err(e) = lambdalake_runtime::telemetry::init(&config.telemetry) {
-        eprintln!("lambdalake-serving: {e}");
-        return ExitCode::from(2);
-    }
+    // kept to the end of main: dropping it exports the spans still queued
+    let _tracing =
+        match lambdalake_runtime::telemetry::init(&config.telemetry, "lambdalake-serving") {
+            Ok(tracing) => tracing,
+            Err(e) => {
+                eprintln!("lambdalake-serving: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use lambdalake_runtime::otel::{self, Kind};
 use lambdalake_runtime::tasks::CancellationToken;
 
 use crate::apply::{self, Outcome};
@@ -43,6 +44,8 @@ pub struct Job {
     pub counts: Counts,
     /// When the micro-batch started being processed.
     pub started: Instant,
+    /// The traces the job's records carry: the apply is a span in each.
+    pub traces: otel::BatchTraces,
 }
 
 /// A job that was not applied.
@@ -96,6 +99,7 @@ impl Applier {
                     Ok(Outcome::Applied) => {
                         self.health.redis_ok.store(true, Ordering::Release);
                         count(&job);
+                        trace(&job);
                         break;
                     }
                     Ok(outcome) => {
@@ -144,6 +148,29 @@ impl Applier {
         con.set_read_timeout(Some(Duration::from_secs(30)))?;
         con.set_write_timeout(Some(Duration::from_secs(30)))?;
         Ok(con)
+    }
+}
+
+/// The micro-batch's apply, as a span in each trace its records carry (tracing on).
+fn trace(job: &Job) {
+    if job.traces.is_empty() {
+        return;
+    }
+    let start = std::time::SystemTime::now()
+        .checked_sub(job.started.elapsed())
+        .unwrap_or_else(std::time::SystemTime::now);
+    for mut span in job
+        .traces
+        .spans("speed micro-batch apply", Kind::Consumer, start)
+    {
+        span.set("messaging.destination.name", job.topic.clone());
+        span.set(
+            "messaging.destination.partition.id",
+            job.partition.to_string(),
+        );
+        span.set("lambdalake.offsets.first", job.first);
+        span.set("lambdalake.offsets.next", job.next);
+        span.set("lambdalake.events.applied", job.counts.applied as i64);
     }
 }
 

@@ -16,6 +16,7 @@ use lambdalake_kafka::rdkafka::Offset;
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use lambdalake_kafka::rdkafka::message::Message;
 use lambdalake_kafka::{ProduceError, Producer};
+use lambdalake_runtime::otel;
 use lambdalake_runtime::tasks::CancellationToken;
 use lambdalake_views::Watermarks;
 use lambdalake_views::keys::Keys;
@@ -88,6 +89,8 @@ struct Rec {
     payload: Vec<u8>,
     kafka_ts: Option<i64>,
     decoded: Decoded,
+    /// The trace the record carries (only read when tracing is on).
+    trace: Option<otel::Parent>,
 }
 
 #[derive(Debug, Default)]
@@ -287,6 +290,7 @@ impl Pipeline {
                     m.key().unwrap_or_default().to_vec(),
                     m.payload().unwrap_or_default().to_vec(),
                     m.timestamp().to_millis(),
+                    lambdalake_kafka::parent_of(&m),
                 ))),
             };
             self.handle_changes(&mut batch, &mut count);
@@ -300,7 +304,7 @@ impl Pipeline {
                     tracing::warn!(error = %e, "consumer error");
                     self.health.kafka_ok.store(false, Ordering::Release);
                 }
-                Some(Ok((topic, p, offset, key, payload, kafka_ts))) => {
+                Some(Ok((topic, p, offset, key, payload, kafka_ts, trace))) => {
                     self.health.kafka_ok.store(true, Ordering::Release);
                     let Some(ti) = self.topic_index(&topic) else {
                         continue;
@@ -350,6 +354,7 @@ impl Pipeline {
                         payload,
                         kafka_ts,
                         decoded: Decoded::Pending,
+                        trace,
                     });
                     count += 1;
                 }
@@ -824,7 +829,14 @@ impl Pipeline {
         if let Some(cache) = self.caches.get_mut(&key) {
             cache.commit(plan, floor, self.settings.ttl_ms);
         }
+        let mut traces = otel::BatchTraces::default();
+        for rec in &w.recs {
+            if let Some(parent) = &rec.trace {
+                traces.add(parent);
+            }
+        }
         let job = Job {
+            traces,
             topic_index: w.topic,
             topic,
             partition: w.partition,

@@ -19,6 +19,6 @@ pub use config::{
 };
 pub use producer::{Acked, Batch, ProduceError, Producer, ProducerHealth};
 pub use topics::{TopicArgs, TopicError, ensure_topics};
-pub use trace::TraceContext;
+pub use trace::{TraceContext, parent_of};
 
 pub use rdkafka;

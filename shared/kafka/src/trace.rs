@@ -1,7 +1,8 @@
 //! W3C trace context (`traceparent`, `tracestate`) carried in Kafka record headers, so that one
 //! event's trace links the HTTP request that brought it to the consumers that process it.
 
-use rdkafka::message::{Header, OwnedHeaders};
+use lambdalake_runtime::otel;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 /// A validated W3C trace context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,22 @@ impl TraceContext {
         &self.traceparent
     }
 
+    pub fn tracestate(&self) -> Option<&str> {
+        self.tracestate.as_deref()
+    }
+
+    /// The trace context a record carries in its headers, if any (validated as from HTTP).
+    pub fn from_message(m: &impl Message) -> Option<TraceContext> {
+        let headers = m.headers()?;
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+        };
+        TraceContext::from_http(value(Self::TRACEPARENT), value(Self::TRACESTATE))
+    }
+
     /// The record headers to attach.
     pub fn headers(&self) -> OwnedHeaders {
         let headers = OwnedHeaders::new_with_capacity(2).insert(Header {
@@ -72,6 +89,16 @@ impl TraceContext {
             None => headers,
         }
     }
+}
+
+/// The record's trace, as the parent of a consumer's span; `None` (and nothing read) when
+/// tracing is off.
+pub fn parent_of(m: &impl Message) -> Option<otel::Parent> {
+    if !otel::enabled() {
+        return None;
+    }
+    let tc = TraceContext::from_message(m)?;
+    otel::Parent::from_w3c(tc.traceparent(), tc.tracestate())
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! What every lambdalake service shares: [`telemetry`] (logs), [`ops`] (`/healthz`, `/readyz`,
-//! `/metrics`) and [`tasks`] (named tasks, cancellation, shutdown on signals).
+//! What every lambdalake service shares: [`telemetry`] (logs), [`otel`] (traces over OTLP),
+//! [`ops`] (`/healthz`, `/readyz`, `/metrics`) and [`tasks`] (named tasks, cancellation, shutdown
+//! on signals).
 
 pub mod ops;
+pub mod otel;
 pub mod tasks;
 pub mod telemetry;
 

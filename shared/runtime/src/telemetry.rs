@@ -30,10 +30,23 @@ pub enum TelemetryError {
     },
     #[error("a global logger is already installed")]
     AlreadyInstalled,
+    #[error(transparent)]
+    Tracing(#[from] crate::otel::TracingError),
 }
 
-/// Install the global log subscriber (logs go to standard error).
-pub fn init(args: &TelemetryArgs) -> Result<(), TelemetryError> {
+/// Install the global log subscriber (logs go to standard error) and, when an OTLP endpoint is
+/// configured, the trace exporter ([`crate::otel`]). Keep the returned guard to the end of `main`:
+/// dropping it exports the spans still queued.
+pub fn init(
+    args: &TelemetryArgs,
+    service_name: &str,
+) -> Result<crate::otel::Tracing, TelemetryError> {
+    init_logs(args)?;
+    Ok(crate::otel::Tracing::init(service_name)?)
+}
+
+/// Install the global log subscriber only (tools that make no spans).
+pub fn init_logs(args: &TelemetryArgs) -> Result<(), TelemetryError> {
     // libraries that log every table snapshot at info, every binary column at warn, and an
     // absent table at error (their errors also come back to us as results, which we log):
     // quiet unless the filter names them
