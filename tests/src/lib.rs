@@ -7,11 +7,15 @@ mod batch;
 #[cfg(test)]
 mod bench;
 #[cfg(test)]
+mod compose;
+#[cfg(test)]
 mod dashboard;
 #[cfg(test)]
 mod ingest;
 #[cfg(test)]
 mod lakehouse;
+#[cfg(test)]
+mod observe;
 #[cfg(test)]
 mod serving;
 #[cfg(test)]
