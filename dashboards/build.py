@@ -336,10 +336,14 @@ overview = [
         ),
         ts(
             "Consumer lag",
-            "Records not yet read, by topic, of the speed layer's consumer group (summed over "
-            "partitions); the lakehouse exports no lag metric, its input rate is on the right.",
+            "Records not yet processed, by topic and consumer group (summed over partitions): "
+            "read into a micro-batch for the speed layer, committed to every table for the "
+            "lakehouse.",
             "short",
-            [("sum by (topic) (lambdalake_speed_consumer_lag)", "speed {{topic}}")],
+            [
+                ("sum by (topic) (lambdalake_speed_consumer_lag)", "speed {{topic}}"),
+                ("sum by (topic) (lambdalake_lakehouse_consumer_lag)", "lakehouse {{topic}}"),
+            ],
             w=8,
             min0=True,
         ),
@@ -734,6 +738,7 @@ lakehouse_rows = [
             "ops",
             [(rate("lambdalake_lakehouse_rows_total", "table"), "{{table}}")],
             min0=True,
+            w=8,
         ),
         ts(
             "Table versions",
@@ -741,6 +746,22 @@ lakehouse_rows = [
             "travel (Delta commits/MVCC).",
             "short",
             [("max by (table) (lambdalake_lakehouse_table_version)", "{{table}}")],
+            w=8,
+        ),
+        ts(
+            "Consumer lag by partition",
+            "Records of each partition not committed to every table yet: the high watermark minus "
+            "the offsets the tables' txn actions recorded (exactly-once: offsets stored with the "
+            "results).",
+            "short",
+            [
+                (
+                    "sum by (topic, partition) (lambdalake_lakehouse_consumer_lag)",
+                    "{{topic}}/{{partition}}",
+                )
+            ],
+            min0=True,
+            w=8,
         ),
     ],
     [
@@ -1048,6 +1069,7 @@ METRICS = [
     ("lambdalake_lakehouse_commit_duration_seconds", "histogram", "`table` (as above)", "Write one micro-batch to one table and commit it (observed for successful commits)"),
     ("lambdalake_lakehouse_dropped_total", "counter", "`topic` (the event topics), `reason` (duplicate, invalid); appears on the first drop", "Records kept in bronze only"),
     ("lambdalake_lakehouse_maintenance_total", "counter", "`operation` (optimize, vacuum), `outcome` (ok, error); pre-registered at 0; one increment per table per run", "OPTIMIZE / VACUUM runs"),
+    ("lambdalake_lakehouse_consumer_lag", "gauge", "`topic`, `partition` (owned partitions; removed on revocation); appears once a fetch saw the partition's high watermark", "High watermark − the offset every table committed"),
     ("lambdalake_lakehouse_table_version", "gauge", "`table` (as above); pre-registered at 0", "Latest Delta version of each table"),
     ("up", "gauge (Prometheus)", "`job` (ingest, speed, batch, serving, lakehouse), `instance`", "1 when the last scrape of the target succeeded"),
 ]
@@ -1087,9 +1109,6 @@ def metrics_md(built):
         "",
         "## Not charted, or charted differently than asked",
         "",
-        "- **Lakehouse consumer lag**: the lakehouse registers no lag metric (the serving dashboard's",
-        "  `lake-lag` is computed by serving from Kafka, not exported); the Overview shows the speed",
-        "  layer's lag and the lakehouse's bronze input rate.",
         "- **Checkpoints**: written by Delta commits every `LAMBDALAKE_LAKEHOUSE_CHECKPOINT_INTERVAL`",
         "  versions, not counted; `lambdalake_lakehouse_maintenance_total` has `optimize` and `vacuum` only.",
         "- **Lakehouse late events**: the lakehouse never drops an event for lateness (gold windows are",

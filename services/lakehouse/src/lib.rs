@@ -74,6 +74,8 @@ impl Application {
         let handle = tokio::runtime::Handle::current();
         let mut cc = consumer_config(&config.kafka, &config.group);
         cc.set("partition.assignment.strategy", "roundrobin");
+        // the high watermarks for the lag metric, every second
+        cc.set("statistics.interval.ms", "1000");
         for (k, v) in &config.kafka.options {
             cc.set(k, v);
         }

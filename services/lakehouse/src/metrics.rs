@@ -72,8 +72,20 @@ pub static VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Consumer lag per owned partition: the broker's high watermark (as the last fetch saw it)
+/// minus the offset every table has committed for the partition.
+pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdalake_lakehouse_consumer_lag",
+        "Records in the partition not committed to every lakehouse table yet",
+        &["topic", "partition"]
+    )
+    .expect("metric registers once")
+});
+
 /// Every metric name, so a test can check `/metrics` shows them all.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
+    "lambdalake_lakehouse_consumer_lag",
     "lambdalake_lakehouse_rows_total",
     "lambdalake_lakehouse_commits_total",
     "lambdalake_lakehouse_commit_duration_seconds",
@@ -84,6 +96,7 @@ pub const NAMES: [&str; 6] = [
 
 /// Register every metric, with its series at 0.
 pub fn register() {
+    LazyLock::force(&CONSUMER_LAG);
     for t in Table::ALL {
         ROWS.with_label_values(&[t.name()]);
         COMMIT_SECONDS.with_label_values(&[t.name()]);

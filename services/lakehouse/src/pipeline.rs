@@ -29,7 +29,7 @@ use deltalake_core::{DeltaTable, DeltaTableError};
 use lambdalake_events::{Event, FraudLabel, Payment, Policy, SensorReading};
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use lambdalake_kafka::rdkafka::message::Message;
-use lambdalake_kafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
+use lambdalake_kafka::rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use lambdalake_runtime::otel::{self, Kind as SpanKind};
 use lambdalake_runtime::tasks::CancellationToken;
 use lambdalake_views::table::{self, Keyed};
@@ -145,9 +145,24 @@ pub struct Context {
     checkpoint_interval: u64,
     handle: Handle,
     changes: Mutex<Vec<Change>>,
+    /// High watermark per partition, from librdkafka's statistics.
+    highs: Mutex<HashMap<(String, i32), i64>>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// Keep each partition's high watermark from the statistics (every second), for the lag.
+    fn stats(&self, stats: Statistics) {
+        if let Ok(mut highs) = self.highs.lock() {
+            for (name, topic) in stats.topics {
+                for (p, part) in topic.partitions {
+                    if p >= 0 && part.hi_offset >= 0 {
+                        highs.insert((name.clone(), p), part.hi_offset);
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -219,7 +234,16 @@ impl Context {
             checkpoint_interval,
             handle,
             changes: Mutex::new(Vec::new()),
+            highs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A partition's high watermark, as of the last statistics.
+    fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.highs
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&(topic.to_owned(), partition)).copied())
     }
 
     fn kind(&self, topic: &str) -> Option<Kind> {
@@ -402,6 +426,7 @@ impl Pipeline {
             .subscribe(&topics)
             .map_err(PipelineError::Subscribe)?;
         let mut last_batch = Instant::now();
+        let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
             let polled = self.consumer.poll(Duration::from_millis(50)).map(|r| {
                 r.map(|m| Record {
@@ -426,6 +451,10 @@ impl Pipeline {
                 self.micro_batch();
                 last_batch = Instant::now();
             }
+            if last_lag.elapsed() >= Duration::from_secs(1) {
+                self.report_lag();
+                last_lag = Instant::now();
+            }
             self.maintain();
         }
         self.handle_changes();
@@ -435,6 +464,20 @@ impl Pipeline {
         tracing::info!("lakehouse stopping: leaving the consumer group");
         self.consumer.unsubscribe();
         Ok(())
+    }
+
+    /// Consumer lag per owned partition: the high watermark of the last statistics (no
+    /// request to the broker) minus the offset every table committed.
+    fn report_lag(&self) {
+        let ctx = self.consumer.context();
+        for ((topic, p), part) in &self.parts {
+            if let Some(high) = ctx.high_watermark(topic, *p) {
+                let committed = part.stored.values().copied().min().unwrap_or(0);
+                metrics::CONSUMER_LAG
+                    .with_label_values(&[topic.as_str(), &p.to_string()])
+                    .set((high - committed).max(0));
+            }
+        }
     }
 
     fn kind_of(&self, topic: &str) -> Option<Kind> {
@@ -450,6 +493,8 @@ impl Pipeline {
             match change {
                 Change::Revoked(parts) => {
                     for key in parts {
+                        let _ = metrics::CONSUMER_LAG
+                            .remove_label_values(&[key.0.as_str(), &key.1.to_string()]);
                         self.parts.remove(&key);
                         self.buffer
                             .retain(|r| (r.topic.as_str(), r.partition) != (key.0.as_str(), key.1));
