@@ -421,3 +421,21 @@ fn dashboard_exprs_are_found_with_their_panel_and_macros_replaced() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_protocol_that_is_not_built_in_is_refused_at_start() {
+    // gRPC is not compiled in: a service configured for it says so and exits, rather than
+    // silently exporting nothing
+    let out = std::process::Command::new(crate::support::workspace_binary("lambdalake-ingest"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("LAMBDALAKE_INGEST_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run lambdalake-ingest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\"") && stderr.contains("http/protobuf"),
+        "{stderr}"
+    );
+}

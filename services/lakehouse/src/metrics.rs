@@ -72,8 +72,8 @@ pub static VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Consumer lag per owned partition: the broker's high watermark (as the last fetch saw it)
-/// minus the offset every table has committed for the partition.
+/// Consumer lag per owned partition: the broker's high watermark (from librdkafka's statistics,
+/// every second) minus the offset every table has committed for the partition.
 pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "lambdalake_lakehouse_consumer_lag",

@@ -27,6 +27,7 @@ use deltalake_core::kernel::Transaction;
 use deltalake_core::kernel::transaction::CommitProperties;
 use deltalake_core::{DeltaTable, DeltaTableError};
 use lambdalake_events::{Event, FraudLabel, Payment, Policy, SensorReading};
+use lambdalake_kafka::HighWatermarks;
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use lambdalake_kafka::rdkafka::message::Message;
 use lambdalake_kafka::rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
@@ -146,21 +147,13 @@ pub struct Context {
     handle: Handle,
     changes: Mutex<Vec<Change>>,
     /// High watermark per partition, from librdkafka's statistics.
-    highs: Mutex<HashMap<(String, i32), i64>>,
+    highs: HighWatermarks,
 }
 
 impl ClientContext for Context {
     /// Keep each partition's high watermark from the statistics (every second), for the lag.
     fn stats(&self, stats: Statistics) {
-        if let Ok(mut highs) = self.highs.lock() {
-            for (name, topic) in stats.topics {
-                for (p, part) in topic.partitions {
-                    if p >= 0 && part.hi_offset >= 0 {
-                        highs.insert((name.clone(), p), part.hi_offset);
-                    }
-                }
-            }
-        }
+        self.highs.record(stats);
     }
 }
 
@@ -234,16 +227,8 @@ impl Context {
             checkpoint_interval,
             handle,
             changes: Mutex::new(Vec::new()),
-            highs: Mutex::new(HashMap::new()),
+            highs: HighWatermarks::default(),
         }
-    }
-
-    /// A partition's high watermark, as of the last statistics.
-    fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.highs
-            .lock()
-            .ok()
-            .and_then(|h| h.get(&(topic.to_owned(), partition)).copied())
     }
 
     fn kind(&self, topic: &str) -> Option<Kind> {
@@ -469,9 +454,9 @@ impl Pipeline {
     /// Consumer lag per owned partition: the high watermark of the last statistics (no
     /// request to the broker) minus the offset every table committed.
     fn report_lag(&self) {
-        let ctx = self.consumer.context();
+        let highs = &self.consumer.context().highs;
         for ((topic, p), part) in &self.parts {
-            if let Some(high) = ctx.high_watermark(topic, *p) {
+            if let Some(high) = highs.get(topic, *p) {
                 let committed = part.stored.values().copied().min().unwrap_or(0);
                 metrics::CONSUMER_LAG
                     .with_label_values(&[topic.as_str(), &p.to_string()])

@@ -2,11 +2,11 @@
 //! in Redis with the views (not at a Kafka-committed offset), inside the rebalance callback, before
 //! any record of the new assignment is fetched.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use lambdalake_kafka::HighWatermarks;
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use lambdalake_kafka::rdkafka::types::RDKafkaRespErr;
 use lambdalake_kafka::rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
@@ -38,7 +38,7 @@ pub struct Context {
     changed: AtomicBool,
     shutdown: CancellationToken,
     /// High watermark of each partition, from the client's statistics.
-    highs: Mutex<HashMap<(String, i32), i64>>,
+    highs: HighWatermarks,
 }
 
 impl Context {
@@ -49,7 +49,7 @@ impl Context {
             changes: Mutex::new(Vec::new()),
             changed: AtomicBool::new(false),
             shutdown,
-            highs: Mutex::new(HashMap::new()),
+            highs: HighWatermarks::default(),
         }
     }
 
@@ -124,15 +124,7 @@ pub fn load_states(
 
 impl ClientContext for Context {
     fn stats(&self, stats: Statistics) {
-        if let Ok(mut highs) = self.highs.lock() {
-            for (name, topic) in stats.topics {
-                for (p, part) in topic.partitions {
-                    if p >= 0 && part.hi_offset >= 0 {
-                        highs.insert((name.clone(), p), part.hi_offset);
-                    }
-                }
-            }
-        }
+        self.highs.record(stats);
     }
 }
 
@@ -198,9 +190,6 @@ impl ConsumerContext for Context {
 impl Context {
     /// The high watermark of a partition, as of the last statistics (every second).
     pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.highs
-            .lock()
-            .ok()
-            .and_then(|h| h.get(&(topic.to_owned(), partition)).copied())
+        self.highs.get(topic, partition)
     }
 }

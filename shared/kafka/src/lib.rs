@@ -12,6 +12,7 @@ mod config;
 mod producer;
 mod topics;
 mod trace;
+mod watermarks;
 
 pub use config::{
     KafkaArgs, ProducerArgs, SaslMechanism, Secret, SecurityProtocol, consumer_config,
@@ -20,5 +21,6 @@ pub use config::{
 pub use producer::{Acked, Batch, ProduceError, Producer, ProducerHealth};
 pub use topics::{TopicArgs, TopicError, ensure_topics};
 pub use trace::{TraceContext, parent_of};
+pub use watermarks::HighWatermarks;
 
 pub use rdkafka;
