@@ -92,6 +92,20 @@ impl Page {
         }
     }
 
+    /// Evaluate `expression` until `ready` holds for its value (the page fetches its numbers
+    /// after loading, and a loaded 2-core machine can take seconds to answer); the last value
+    /// is returned either way, for the caller's assertion to show.
+    fn eval_until(&mut self, expression: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.eval(expression);
+            if ready(&v) || Instant::now() >= deadline {
+                return v;
+            }
+            self.pump(Duration::from_millis(250));
+        }
+    }
+
     fn eval(&mut self, expression: &str) -> Value {
         let r = self.send(
             "Runtime.evaluate",
@@ -229,13 +243,22 @@ async fn the_dashboard_loads_cleanly_and_its_numbers_move_as_events_arrive() {
     let read_total = |page: &mut Page| -> Value {
         page.eval("document.getElementById('ingest-total').textContent")
     };
-    let before = tokio::task::block_in_place(|| read_total(&mut page));
+    let before = tokio::task::block_in_place(|| {
+        page.eval_until("document.getElementById('ingest-total').textContent", |v| {
+            v != "–"
+        })
+    });
     assert_eq!(before, json!("300"), "events in Kafka shown");
-    let status =
-        tokio::task::block_in_place(|| page.eval("document.getElementById('status').textContent"));
+    let status = tokio::task::block_in_place(|| {
+        page.eval_until("document.getElementById('status').textContent", |v| {
+            v.as_str().is_some_and(|s| s.starts_with("live"))
+        })
+    });
     assert!(status.as_str().unwrap().starts_with("live"), "{status}");
     let bars = tokio::task::block_in_place(|| {
-        page.eval("document.querySelectorAll('#chart rect').length")
+        page.eval_until("document.querySelectorAll('#chart rect').length", |v| {
+            v.as_u64().is_some_and(|n| n >= 1)
+        })
     });
     assert!(
         bars.as_u64().unwrap() >= 1,
@@ -243,14 +266,18 @@ async fn the_dashboard_loads_cleanly_and_its_numbers_move_as_events_arrive() {
     );
     // Lambda vs Lakehouse: gold's version, and every window of the device equal in both
     let lake_version = tokio::task::block_in_place(|| {
-        page.eval("document.getElementById('lake-version').textContent")
+        page.eval_until("document.getElementById('lake-version').textContent", |v| {
+            v.as_str().is_some_and(|s| s.starts_with('v'))
+        })
     });
     assert!(
         lake_version.as_str().unwrap().starts_with('v'),
         "{lake_version}"
     );
     let agree = tokio::task::block_in_place(|| {
-        page.eval("document.getElementById('lake-agree').textContent")
+        page.eval_until("document.getElementById('lake-agree').textContent", |v| {
+            v.as_str().is_some_and(|s| s.contains(" / "))
+        })
     });
     let (same, all) = agree
         .as_str()
