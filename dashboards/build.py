@@ -399,6 +399,21 @@ lambda_rows = [
             "ops",
             [(rate("lambdalake_speed_events_total", "topic, outcome"), "{{topic}} {{outcome}}")],
             min0=True,
+            w=8,
+        ),
+        ts(
+            "Speed · delivery: records skipped / read again at an assignment",
+            "Outside exactly-once (--delivery at-most-once / at-least-once), a restarted or "
+            "reassigned partition starts at the group's offset committed to Kafka: records past "
+            "the views' stored offset are skipped (lost, at-most-once), records before it are read "
+            "again (at-least-once; the event-id dedupe then drops them). Always 0 with exactly-once.",
+            "short",
+            [(
+                "sum by (topic, outcome) (increase(lambdalake_speed_resumed_records_total[$__rate_interval]))",
+                "{{topic}} {{outcome}}",
+            )],
+            min0=True,
+            w=8,
         ),
         ts(
             "Speed · micro-batch apply duration p50/p99",
@@ -409,6 +424,7 @@ lambda_rows = [
                 (quantile(0.5, "lambdalake_speed_apply_duration_seconds"), "p50"),
                 (quantile(0.99, "lambdalake_speed_apply_duration_seconds"), "p99"),
             ],
+            w=8,
         ),
     ],
     [
@@ -1037,6 +1053,7 @@ METRICS = [
     ("lambdalake_ingest_request_duration_seconds", "histogram", "`kind`", "Request duration, body read to broker acknowledgement"),
     ("lambdalake_ingest_producer_queue_depth", "gauge", "—", "Messages in the Kafka producer queue not yet acknowledged"),
     ("lambdalake_speed_events_total", "counter", "`topic` (sensor-readings, payments: the configured topic names), `outcome` (applied, duplicate, late, invalid); pre-registered at 0", "Records consumed by the speed layer"),
+    ("lambdalake_speed_resumed_records_total", "counter", "`topic`, `outcome` (skipped, repeated); pre-registered at 0", "Records skipped or read again at an assignment outside exactly-once (`--delivery`)"),
     ("lambdalake_speed_late_events_total", "counter", "`topic`; pre-registered at 0", "Events behind the watermark, routed to the late-events topic"),
     ("lambdalake_speed_lateness_seconds", "histogram", "`topic`", "How far behind the watermark a late event was"),
     ("lambdalake_speed_consumer_lag", "gauge", "`topic`, `partition` (0…n−1; removed on revocation); appears once a partition's high watermark is known", "High watermark − next offset to read into a micro-batch"),

@@ -80,7 +80,7 @@ impl Lake {
 
     /// Wait until the newest instance was assigned its partitions (a killed member's
     /// partitions move after the session timeout).
-    async fn wait_assigned(&self, timeout: Duration) {
+    pub(crate) async fn wait_assigned(&self, timeout: Duration) {
         let log = self.logs.last().expect("an instance");
         let deadline = Instant::now() + timeout;
         while !std::fs::read_to_string(log)

@@ -11,6 +11,8 @@ mod compose;
 #[cfg(test)]
 mod dashboard;
 #[cfg(test)]
+mod faults;
+#[cfg(test)]
 mod ingest;
 #[cfg(test)]
 mod lakehouse;

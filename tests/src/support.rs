@@ -32,8 +32,12 @@ pub struct Ingest {
 impl Ingest {
     /// Start ingest with fresh topics and `extra` command-line arguments.
     pub async fn start(extra: &[&str]) -> Ingest {
-        let sensor_topic = unique("it-sensor");
-        let payment_topic = unique("it-payment");
+        Ingest::start_on(&unique("it-sensor"), &unique("it-payment"), extra).await
+    }
+
+    /// Start ingest producing to the given topics.
+    pub async fn start_on(sensor_topic: &str, payment_topic: &str, extra: &[&str]) -> Ingest {
+        let (sensor_topic, payment_topic) = (sensor_topic.to_owned(), payment_topic.to_owned());
         let mut args = vec![
             "lambdalake-ingest",
             "--listen",

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
-use lambdalake_kafka::{KafkaArgs, TopicArgs};
+use lambdalake_kafka::{Delivery, KafkaArgs, TopicArgs};
 use lambdalake_runtime::TelemetryArgs;
 
 /// lambdalake lakehouse: one streaming Delta Lake pipeline — Kafka → bronze (raw records) →
@@ -59,6 +59,14 @@ pub struct Config {
         default_value = "10"
     )]
     pub checkpoint_interval: NonZeroU64,
+
+    /// Delivery semantics. `exactly-once` (the default) records each partition's offset in
+    /// every table's commit (`txn`) and starts from there; `at-least-once` commits the group's
+    /// offsets to Kafka once every table has the micro-batch (a crash repeats it: bronze holds
+    /// the records twice); `at-most-once` commits to Kafka first (a crash skips it). The last two
+    /// exist to be measured against the first.
+    #[arg(long, env = "LAMBDALAKE_LAKEHOUSE_DELIVERY", value_enum, default_value_t = Delivery::ExactlyOnce)]
+    pub delivery: Delivery,
 
     /// Compaction (OPTIMIZE) of every table's small files, this often.
     #[arg(long, env = "LAMBDALAKE_LAKEHOUSE_OPTIMIZE_EVERY", value_parser = humantime::parse_duration, default_value = "5m")]

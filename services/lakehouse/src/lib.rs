@@ -85,6 +85,7 @@ impl Application {
                 topics.clone(),
                 config.checkpoint_interval.get(),
                 handle.clone(),
+                config.delivery,
             ))
             .map_err(StartError::Kafka)?;
         let settings = Settings {
@@ -98,6 +99,7 @@ impl Application {
             vacuum_retention: config.vacuum_retention,
             fraud_threshold: config.fraud_threshold,
             max_extra_columns: config.max_extra_columns,
+            delivery: config.delivery,
         };
         let pipeline = Pipeline::open(consumer, location.clone(), settings, handle, tasks.token())
             .await

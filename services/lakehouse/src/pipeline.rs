@@ -11,6 +11,10 @@
 //! coordinates silver stores with each event. A commit that conflicts with another writer of the
 //! same partition (a zombie after a rebalance) fails; the pipeline then re-reads the offsets from
 //! the tables and seeks there — it never writes twice.
+//!
+//! `--delivery at-least-once` (commit the group's offsets to Kafka after every table has the
+//! micro-batch) and `at-most-once` (commit before) give up the `txn` offsets, to be measured
+//! against exactly once: a crash then repeats or skips records.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,10 +31,13 @@ use deltalake_core::kernel::Transaction;
 use deltalake_core::kernel::transaction::CommitProperties;
 use deltalake_core::{DeltaTable, DeltaTableError};
 use lambdalake_events::{Event, FraudLabel, Payment, Policy, SensorReading};
-use lambdalake_kafka::HighWatermarks;
-use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use lambdalake_kafka::rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance,
+};
+use lambdalake_kafka::rdkafka::error::KafkaResult;
 use lambdalake_kafka::rdkafka::message::Message;
 use lambdalake_kafka::rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+use lambdalake_kafka::{Delivery, HighWatermarks};
 use lambdalake_runtime::otel::{self, Kind as SpanKind};
 use lambdalake_runtime::tasks::CancellationToken;
 use lambdalake_views::table::{self, Keyed};
@@ -60,6 +67,7 @@ pub struct Settings {
     pub fraud_threshold: f64,
     /// Columns a silver table may gain from new event fields.
     pub max_extra_columns: usize,
+    pub delivery: Delivery,
 }
 
 /// Why the pipeline stopped.
@@ -148,6 +156,7 @@ pub struct Context {
     changes: Mutex<Vec<Change>>,
     /// High watermark per partition, from librdkafka's statistics.
     highs: HighWatermarks,
+    delivery: Delivery,
 }
 
 impl ClientContext for Context {
@@ -179,7 +188,10 @@ impl ConsumerContext for Context {
                 let mut parts = Vec::new();
                 for (topic, p, offsets) in stored {
                     let start = offsets.values().copied().min().unwrap_or(0);
-                    let offset = if start > 0 {
+                    let offset = if !self.delivery.fenced() {
+                        // the group's offset committed to Kafka (the beginning when none)
+                        Offset::Stored
+                    } else if start > 0 {
                         Offset::Offset(start)
                     } else {
                         Offset::Beginning
@@ -190,10 +202,18 @@ impl ConsumerContext for Context {
                     }
                     parts.push((topic, p, offsets));
                 }
-                tracing::info!(
-                    partitions = ?parts.iter().map(|(t, p, o)| format!("{t}/{p}@{}", o.values().min().copied().unwrap_or(0))).collect::<Vec<_>>(),
-                    "partitions assigned; starting at the offsets the tables recorded"
-                );
+                if self.delivery.fenced() {
+                    tracing::info!(
+                        partitions = ?parts.iter().map(|(t, p, o)| format!("{t}/{p}@{}", o.values().min().copied().unwrap_or(0))).collect::<Vec<_>>(),
+                        "partitions assigned; starting at the offsets the tables recorded"
+                    );
+                } else {
+                    tracing::info!(
+                        partitions = ?parts.iter().map(|(t, p, _)| format!("{t}/{p}")).collect::<Vec<_>>(),
+                        delivery = %self.delivery,
+                        "partitions assigned; starting at the group's offsets committed to Kafka"
+                    );
+                }
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "cannot assign partitions");
                 }
@@ -220,8 +240,10 @@ impl Context {
         topics: Vec<(String, Kind)>,
         checkpoint_interval: u64,
         handle: Handle,
+        delivery: Delivery,
     ) -> Self {
         Context {
+            delivery,
             location,
             topics,
             checkpoint_interval,
@@ -293,6 +315,9 @@ struct Part {
     kind: Kind,
     /// The next offset expected from the consumer.
     expect: i64,
+    /// Not exactly once: the position is the group's committed offset, taken from the first
+    /// record read.
+    anywhere: bool,
     /// The next offset each table recorded.
     stored: HashMap<Table, i64>,
 }
@@ -491,12 +516,15 @@ impl Pipeline {
                             continue;
                         };
                         let expect = stored.values().copied().min().unwrap_or(0);
+                        let fenced = self.settings.delivery.fenced();
                         self.parts.insert(
                             (topic, p),
                             Part {
                                 kind,
                                 expect,
-                                stored,
+                                anywhere: !fenced,
+                                // not exactly once: no table filters by its recorded offset
+                                stored: if fenced { stored } else { HashMap::new() },
                             },
                         );
                     }
@@ -522,6 +550,9 @@ impl Pipeline {
         let Some(part) = self.parts.get_mut(&key) else {
             return; // not assigned through the rebalance path
         };
+        if std::mem::take(&mut part.anywhere) {
+            part.expect = r.offset;
+        }
         if r.offset < part.expect {
             return; // fetched before a seek
         }
@@ -555,6 +586,14 @@ impl Pipeline {
     /// Commit the buffered records; on failure, read them again from the offsets the tables hold.
     fn micro_batch(&mut self) {
         let records = std::mem::take(&mut self.buffer);
+        // at-most-once: the group's offsets move past the records before the tables get them
+        if self.settings.delivery == Delivery::AtMostOnce
+            && let Err(e) = self.commit_to_kafka(&records)
+        {
+            tracing::warn!(error = %e, "cannot commit offsets to Kafka; reading the records again");
+            self.reposition();
+            return;
+        }
         let start = std::time::SystemTime::now();
         let result = {
             let handle = self.handle.clone();
@@ -572,7 +611,15 @@ impl Pipeline {
             }
         }
         match result {
-            Ok(()) => self.healthy.store(true, Ordering::Release),
+            Ok(()) => {
+                self.healthy.store(true, Ordering::Release);
+                // at-least-once: the group's offsets move once every table has the records
+                if self.settings.delivery == Delivery::AtLeastOnce
+                    && let Err(e) = self.commit_to_kafka(&records)
+                {
+                    tracing::warn!(error = %e, "cannot commit offsets to Kafka; the records are read again after a restart");
+                }
+            }
             Err(e) => {
                 match &e {
                     BatchError::Fenced { .. } => {
@@ -588,11 +635,54 @@ impl Pipeline {
         }
     }
 
-    /// Read every owned partition's offsets from the tables again and seek there.
+    /// Commit the group's offsets past `records` to Kafka (at-least/at-most-once only).
+    fn commit_to_kafka(&self, records: &[Record]) -> KafkaResult<()> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in records {
+            let e = next.entry((r.topic.as_str(), r.partition)).or_insert(0);
+            *e = (*e).max(r.offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in next {
+            tpl.add_partition_offset(t, p, Offset::Offset(o))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync)
+    }
+
+    /// Read every owned partition's offsets from the tables again and seek there (not exactly
+    /// once: to the group's offsets committed to Kafka).
     fn reposition(&mut self) {
         self.buffer.clear();
         self.refresh_tables();
         self.seen.clear();
+        if !self.settings.delivery.fenced() {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, p) in self.parts.keys() {
+                tpl.add_partition(topic, *p);
+            }
+            let committed = self.consumer.committed_offsets(tpl, Duration::from_secs(5));
+            for ((topic, p), part) in &mut self.parts {
+                let offset = committed
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| c.find_partition(topic, *p))
+                    .map(|e| e.offset())
+                    .filter(|o| matches!(o, Offset::Offset(_)))
+                    .unwrap_or(Offset::Beginning);
+                part.anywhere = true;
+                if let Err(e) = self
+                    .consumer
+                    .seek(topic, *p, offset, Duration::from_secs(5))
+                {
+                    tracing::warn!(topic, partition = p, error = %e, "seek failed");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            return;
+        }
         let keys: Vec<(String, i32)> = self.parts.keys().cloned().collect();
         for (topic, p) in keys {
             let id = app_id(&topic, p);
@@ -662,8 +752,12 @@ impl Pipeline {
             .unwrap_or(0)
     }
 
-    /// One transaction identifier per partition of `records`: the offset after its last one.
+    /// One transaction identifier per partition of `records`: the offset after its last one
+    /// (none when not exactly once: the offsets are then committed to Kafka, not to the tables).
     fn txns(&self, _table: Table, records: &[&Record]) -> Vec<Transaction> {
+        if !self.settings.delivery.fenced() {
+            return Vec::new();
+        }
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in records {
             let e = next.entry((r.topic.as_str(), r.partition)).or_insert(0);

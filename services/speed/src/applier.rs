@@ -6,9 +6,9 @@
 //! before the reposition is dropped here, since it was planned from a state that was not Redis'.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lambdalake_runtime::otel::{self, Kind};
@@ -59,7 +59,13 @@ pub struct Report {
     pub outcome: Outcome,
 }
 
+/// The next offset of each (topic, partition) applied, not yet committed to Kafka.
+pub type Applied = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
 pub struct Applier {
+    /// At-least-once: where each applied partition's next offset goes, for the pipeline to
+    /// commit to Kafka.
+    pub applied: Option<Applied>,
     pub redis: redis::Client,
     pub health: Arc<Health>,
     pub shutdown: CancellationToken,
@@ -100,6 +106,11 @@ impl Applier {
                         self.health.redis_ok.store(true, Ordering::Release);
                         count(&job);
                         trace(&job);
+                        if let Some(applied) = &self.applied
+                            && let Ok(mut a) = applied.lock()
+                        {
+                            a.insert((job.topic.clone(), job.partition), job.next);
+                        }
                         break;
                     }
                     Ok(outcome) => {

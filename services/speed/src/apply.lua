@@ -42,9 +42,10 @@ local now = nxt()
 local ttl = num()
 local seen_base = nxt()
 local gap_ok = nxt() == '1'
+local fenced = nxt() == '1' -- off only in the at-least/at-most-once modes
 
 local stored = redis.call('HGET', part, 'offset')
-if stored then
+if stored and fenced then
   local s = tonumber(stored)
   if s >= next_off then return {'skip', stored} end
   -- the batch must start exactly where the stored offset says, unless the caller checked that

@@ -30,6 +30,9 @@ pub struct Target<'a> {
     /// Accept a batch that starts after the stored offset (the records in between were deleted
     /// by retention; the caller checked).
     pub gap_ok: bool,
+    /// Refuse a batch that does not continue the stored offset (exactly once). Off in the
+    /// at-least/at-most-once modes: the batch is written wherever the group's offsets put it.
+    pub fenced: bool,
 }
 
 /// What the script did.
@@ -96,7 +99,8 @@ pub fn invocation(keys: &Keys, target: &Target<'_>, plan: &Plan) -> Result<redis
         .arg(target.now_ms)
         .arg(target.ttl_ms)
         .arg(keys.seen(target.topic, target.partition))
-        .arg(if target.gap_ok { "1" } else { "0" });
+        .arg(if target.gap_ok { "1" } else { "0" })
+        .arg(if target.fenced { "1" } else { "0" });
 
     inv.arg(plan.ids_by_minute.len());
     for (minute, ids) in &plan.ids_by_minute {

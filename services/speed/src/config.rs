@@ -3,7 +3,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use clap::ArgAction;
-use lambdalake_kafka::{KafkaArgs, ProducerArgs, TopicArgs};
+use lambdalake_kafka::{Delivery, KafkaArgs, ProducerArgs, TopicArgs};
 use lambdalake_runtime::TelemetryArgs;
 
 /// lambdalake speed layer: consumes the sensor and payment topics in micro-batches, assigns
@@ -89,6 +89,14 @@ pub struct Config {
     /// Create the topics the speed layer reads and writes when they do not exist.
     #[arg(long, env = "LAMBDALAKE_SPEED_CREATE_TOPICS", default_value_t = true, action = ArgAction::Set)]
     pub create_topics: bool,
+
+    /// Delivery semantics. `exactly-once` (the default) stores each partition's offset in the
+    /// same atomic Redis write as the views and starts from it; `at-least-once` applies, then
+    /// commits the group's offsets to Kafka (a crash repeats the batch: the event-id dedupe then
+    /// decides whether it is counted twice); `at-most-once` commits to Kafka before applying (a
+    /// crash skips the batch). The last two exist to be measured against the first.
+    #[arg(long, env = "LAMBDALAKE_SPEED_DELIVERY", value_enum, default_value_t = Delivery::ExactlyOnce)]
+    pub delivery: Delivery,
 
     /// How long shutdown waits for the in-flight micro-batch.
     #[arg(long, env = "LAMBDALAKE_SPEED_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]

@@ -1,15 +1,17 @@
 //! The consumer and its rebalance path: on assignment, each partition starts at the offset stored
 //! in Redis with the views (not at a Kafka-committed offset), inside the rebalance callback, before
-//! any record of the new assignment is fetched.
+//! any record of the new assignment is fetched. With `--delivery at-least-once` or
+//! `at-most-once` (to measure them against exactly-once) a partition starts at the group's
+//! offset committed to Kafka instead.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lambdalake_kafka::HighWatermarks;
 use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use lambdalake_kafka::rdkafka::types::RDKafkaRespErr;
 use lambdalake_kafka::rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+use lambdalake_kafka::{Delivery, HighWatermarks};
 use lambdalake_runtime::tasks::CancellationToken;
 use lambdalake_views::keys::Keys;
 
@@ -39,11 +41,18 @@ pub struct Context {
     shutdown: CancellationToken,
     /// High watermark of each partition, from the client's statistics.
     highs: HighWatermarks,
+    delivery: Delivery,
 }
 
 impl Context {
-    pub fn new(redis: redis::Client, keys: Keys, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        redis: redis::Client,
+        keys: Keys,
+        shutdown: CancellationToken,
+        delivery: Delivery,
+    ) -> Self {
         Context {
+            delivery,
             redis,
             keys,
             changes: Mutex::new(Vec::new()),
@@ -150,15 +159,29 @@ impl ConsumerContext for Context {
                 };
                 let mut assignment = TopicPartitionList::new();
                 for ((topic, p), st) in parts.iter().zip(&states) {
-                    let offset = st.offset.map_or(Offset::Beginning, Offset::Offset);
+                    // exactly once: the offset stored with the views; otherwise the group's
+                    // offset committed to Kafka (the beginning when there is none)
+                    let offset = if self.delivery.fenced() {
+                        st.offset.map_or(Offset::Beginning, Offset::Offset)
+                    } else {
+                        Offset::Stored
+                    };
                     if let Err(e) = assignment.add_partition_offset(topic, *p, offset) {
                         tracing::error!(topic, partition = p, error = %e, "bad offset");
                     }
                 }
-                tracing::info!(
-                    partitions = ?parts.iter().zip(&states).map(|((t, p), s)| format!("{t}/{p}@{}", s.offset.map_or("start".to_owned(), |o| o.to_string()))).collect::<Vec<_>>(),
-                    "partitions assigned; starting at the offsets stored in Redis"
-                );
+                if self.delivery.fenced() {
+                    tracing::info!(
+                        partitions = ?parts.iter().zip(&states).map(|((t, p), s)| format!("{t}/{p}@{}", s.offset.map_or("start".to_owned(), |o| o.to_string()))).collect::<Vec<_>>(),
+                        "partitions assigned; starting at the offsets stored in Redis"
+                    );
+                } else {
+                    tracing::info!(
+                        partitions = ?parts.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(),
+                        delivery = %self.delivery,
+                        "partitions assigned; starting at the group's offsets committed to Kafka"
+                    );
+                }
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "cannot assign partitions");
                 }

@@ -105,6 +105,7 @@ impl Application {
                 redis.clone(),
                 keys.clone(),
                 tasks.token(),
+                config.delivery,
             ))
             .map_err(StartError::Kafka)?;
 
@@ -124,6 +125,7 @@ impl Application {
             alerts_topic: t.alerts.clone(),
             late_topic: t.late_events.clone(),
             dead_letter_topic: t.dead_letter.clone(),
+            delivery: config.delivery,
         };
         let pipeline = Pipeline::new(
             settings,

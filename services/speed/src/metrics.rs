@@ -132,6 +132,19 @@ pub static APPLY_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// At an assignment under `--delivery at-most-once` or `at-least-once`: the records between the
+/// offset stored with the views and the group's offset committed to Kafka, `skipped` (committed
+/// but never applied: lost) or `repeated` (applied but not committed: read again). Always 0 with
+/// exactly-once, which starts at the stored offset.
+pub static RESUMED_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdalake_speed_resumed_records_total",
+        "Records skipped or read again at an assignment, against the offset stored with the views",
+        &["topic", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
 /// Partition assignments and revocations.
 pub static REBALANCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -204,6 +217,9 @@ pub fn register_topics(topics: &[&str]) {
             EVENTS.with_label_values(&[topic, outcome]);
         }
         LATE_EVENTS.with_label_values(&[topic]);
+        for outcome in ["skipped", "repeated"] {
+            RESUMED_RECORDS.with_label_values(&[topic, outcome]);
+        }
         LATENESS_SECONDS.with_label_values(&[topic]);
         FRESHNESS_SECONDS.with_label_values(&[topic]);
     }

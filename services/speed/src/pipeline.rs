@@ -4,25 +4,28 @@
 //! apply each partition's plan with its offset in one atomic Redis script.
 //!
 //! Side outputs are written before the apply: a crash between the two re-sends them (at least
-//! once, with stable ids) and never loses them. The views themselves are exactly once.
+//! once, with stable ids) and never loses them. The views themselves are exactly once — unless
+//! `--delivery` asks for at-least-once (apply, then commit the group's offsets to Kafka) or
+//! at-most-once (commit, then apply), which exist to be measured against it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lambdalake_events::{Event, FieldError, Payment, Policy, SensorReading};
-use lambdalake_kafka::rdkafka::Offset;
-use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use lambdalake_kafka::rdkafka::error::KafkaResult;
 use lambdalake_kafka::rdkafka::message::Message;
-use lambdalake_kafka::{ProduceError, Producer};
+use lambdalake_kafka::rdkafka::{Offset, TopicPartitionList};
+use lambdalake_kafka::{Delivery, ProduceError, Producer, Resume};
 use lambdalake_runtime::otel;
 use lambdalake_runtime::tasks::CancellationToken;
 use lambdalake_views::Watermarks;
 use lambdalake_views::keys::Keys;
 use serde::Serialize;
 
-use crate::applier::{Applier, Counts, Job, Report};
+use crate::applier::{Applied, Applier, Counts, Job, Report};
 use crate::apply::{self, Outcome, Target};
 use crate::consumer::{Change, Context, PartState};
 use crate::metrics;
@@ -46,6 +49,7 @@ pub struct Settings {
     pub alerts_topic: String,
     pub late_topic: String,
     pub dead_letter_topic: String,
+    pub delivery: Delivery,
 }
 
 /// What the readiness checks look at.
@@ -103,6 +107,9 @@ struct PartInfo {
     epoch: u64,
     /// The next job may start after the stored offset (retention deleted the records between).
     gap_ok: bool,
+    /// Not exactly once: the offset stored with the views at the assignment, compared with the
+    /// first record the group's committed offset gives (what was skipped or repeated).
+    resume_from: Option<Option<i64>>,
 }
 
 /// One partition's share of a micro-batch, classified.
@@ -172,6 +179,8 @@ pub struct Pipeline {
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     reports: std::sync::mpsc::Receiver<Report>,
     applier: Option<std::thread::JoinHandle<()>>,
+    /// At-least-once: the next offset of each partition the applier applied, to commit.
+    applied: Applied,
 }
 
 fn now_ms() -> i64 {
@@ -197,7 +206,9 @@ impl Pipeline {
         // about two micro-batches of partitions in flight: planning runs ahead of Redis, not away
         let (jobs, job_rx) = std::sync::mpsc::sync_channel(16);
         let (report_tx, reports) = std::sync::mpsc::channel();
+        let applied = Arc::new(Mutex::new(HashMap::new()));
         let applier = Applier {
+            applied: (settings.delivery == Delivery::AtLeastOnce).then(|| applied.clone()),
             redis: redis.clone(),
             health: health.clone(),
             shutdown: shutdown.clone(),
@@ -226,6 +237,7 @@ impl Pipeline {
             jobs: Some(jobs),
             reports,
             applier,
+            applied,
         }
     }
 
@@ -241,6 +253,7 @@ impl Pipeline {
         let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
             self.handle_reports();
+            self.commit_applied();
             let collect_started = Instant::now();
             let batch = self.collect();
             if !batch.is_empty() {
@@ -257,6 +270,7 @@ impl Pipeline {
         if let Some(applier) = self.applier.take() {
             let _ = applier.join();
         }
+        self.commit_applied();
         tracing::info!("speed layer stopping: leaving the consumer group");
         self.consumer.unsubscribe();
         Ok(())
@@ -347,6 +361,9 @@ impl Pipeline {
                         }
                         _ => {}
                     }
+                    if let Some(stored) = info.resume_from.take() {
+                        resumed(&topic, p, stored, offset, self.settings.delivery);
+                    }
                     info.expect = Some(offset + 1);
                     batch.entry((ti, p)).or_default().push(Rec {
                         offset,
@@ -403,6 +420,7 @@ impl Pipeline {
                 floor: st.watermark,
                 epoch: self.epoch_seq,
                 gap_ok: false,
+                resume_from: None,
             },
         );
         match st.max_ts {
@@ -410,6 +428,13 @@ impl Pipeline {
             None => self.watermarks[ti].assign(p, now),
         }
         self.caches.insert((ti, p), PartCache::new(st.max_ts));
+        if !self.settings.delivery.fenced()
+            && let Some(info) = self.parts.get_mut(&(ti, p))
+        {
+            // the position is the group's committed offset, known at the first record
+            info.expect = None;
+            info.resume_from = Some(st.offset);
+        }
     }
 
     fn connection(&mut self) -> redis::RedisResult<&mut redis::Connection> {
@@ -746,6 +771,16 @@ impl Pipeline {
         }
 
         let t_produced = started.elapsed();
+        // at-most-once: the group's offsets move past the batch before it is applied
+        if self.settings.delivery == Delivery::AtMostOnce
+            && self
+                .retry("cannot commit offsets to Kafka", Dep::Kafka, |this| {
+                    this.commit_offsets(&works)
+                })
+                .is_none()
+        {
+            return;
+        }
         for (w, plan) in works.iter().zip(plans) {
             if !self.enqueue(w, plan, watermark_after[w.topic], now, started) {
                 return;
@@ -802,6 +837,7 @@ impl Pipeline {
             ttl_ms: self.settings.ttl_ms,
             alerts_kept: self.settings.alerts_kept,
             gap_ok: std::mem::take(&mut info.gap_ok),
+            fenced: self.settings.delivery.fenced(),
         };
         let invocation = match apply::invocation(&self.keys, &target, &plan) {
             Ok(inv) => inv,
@@ -850,6 +886,43 @@ impl Pipeline {
         match &self.jobs {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
+        }
+    }
+
+    /// Commit the group's offsets after each partition's share of `works` (at-most-once).
+    fn commit_offsets(&self, works: &[Work]) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for w in works {
+            if let Some(last) = w.recs.last() {
+                tpl.add_partition_offset(
+                    &self.settings.topics[w.topic],
+                    w.partition,
+                    Offset::Offset(last.offset + 1),
+                )?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync)
+    }
+
+    /// At-least-once: commit the offsets the applier applied (asynchronously; a crash before the
+    /// commit reads those records again).
+    fn commit_applied(&self) {
+        let applied: Vec<((String, i32), i64)> = match self.applied.lock() {
+            Ok(mut a) => a.drain().collect(),
+            Err(_) => return,
+        };
+        if applied.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), next) in &applied {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "cannot commit offsets to Kafka; the records are read again after a restart");
         }
     }
 
@@ -1045,6 +1118,25 @@ impl Pipeline {
 
 /// Put the replies of [`Pipeline::load_state`]'s reads for one partition into its cache, in the
 /// order they were asked.
+/// Count (and log) what an assignment outside exactly-once skipped or repeated.
+fn resumed(topic: &str, p: i32, stored: Option<i64>, first: i64, delivery: Delivery) {
+    match Resume::of(stored, first) {
+        Resume::Continues => {}
+        Resume::Skipped(n) => {
+            metrics::RESUMED_RECORDS
+                .with_label_values(&[topic, "skipped"])
+                .inc_by(n as u64);
+            tracing::warn!(topic, partition = p, records = n, %delivery, "the group's committed offset is past the views: records skipped (lost)");
+        }
+        Resume::Repeated(n) => {
+            metrics::RESUMED_RECORDS
+                .with_label_values(&[topic, "repeated"])
+                .inc_by(n as u64);
+            tracing::warn!(topic, partition = p, records = n, %delivery, "the group's committed offset is behind the views: records read again");
+        }
+    }
+}
+
 fn fill(
     cache: &mut PartCache,
     m: plan::Missing,

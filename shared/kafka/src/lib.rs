@@ -9,6 +9,7 @@
 //!   auto-committed) and bounded fetch buffers.
 
 mod config;
+mod delivery;
 mod producer;
 mod topics;
 mod trace;
@@ -18,6 +19,7 @@ pub use config::{
     KafkaArgs, ProducerArgs, SaslMechanism, Secret, SecurityProtocol, consumer_config,
     producer_config,
 };
+pub use delivery::{Delivery, Resume};
 pub use producer::{Acked, Batch, ProduceError, Producer, ProducerHealth};
 pub use topics::{TopicArgs, TopicError, ensure_topics};
 pub use trace::{TraceContext, parent_of};

@@ -1,0 +1,601 @@
+//! The fault suite: a ledger of every event sent through ingest and the answer it got (accepted,
+//! rejected, indeterminate); SIGKILLs of the speed layer, the lakehouse and the archiver at
+//! random moments and a consumer rebalance (a second speed instance joins, then is killed) while
+//! events flow; then, in every view — speed, batch, merged, lakehouse bronze, silver and gold —
+//! the events lost, doubled and phantom, each listed. Run under each delivery mode of the speed
+//! layer and the lakehouse, side by side.
+//!
+//! Every ledger event is the only reading of its own device, so a device's count in a view is
+//! how many times that view counted the event. The short form runs in the test command;
+//! `LAMBDALAKE_FAULTS=long` runs the long one (≥ 20 kills per mode).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lambdalake_lakehouse::deltalake_core::arrow::array::{Array, Int64Array, StringArray};
+use lambdalake_lakehouse::deltalake_core::arrow::compute::cast;
+use lambdalake_lakehouse::deltalake_core::arrow::datatypes::DataType;
+use lambdalake_lakehouse::tables::Table;
+use lambdalake_views::keys::SensorView;
+use rand::Rng;
+use serde_json::Value;
+
+use crate::lakehouse::{Lake, query};
+use crate::speed::{Setup, now_ms, sensor_json, spawn_archiver, wait_archived};
+use crate::support::{Ingest, unique};
+
+/// What ingest answered for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Accepted,
+    Rejected,
+    /// No answer (the connection failed): the event may or may not have been persisted.
+    Indeterminate,
+}
+
+/// Lost, doubled and phantom events of one view.
+#[derive(Debug, Default, Clone)]
+struct Judged {
+    lost: Vec<String>,
+    doubled: Vec<String>,
+    phantom: Vec<String>,
+}
+
+impl Judged {
+    /// `counts`: device → how many times the view counted its event.
+    fn of(ledger: &BTreeMap<String, Answer>, counts: &HashMap<String, u64>) -> Judged {
+        let mut j = Judged::default();
+        for (device, answer) in ledger {
+            let n = counts.get(device).copied().unwrap_or(0);
+            match answer {
+                Answer::Accepted if n == 0 => j.lost.push(device.clone()),
+                Answer::Rejected if n > 0 => j.phantom.push(device.clone()),
+                _ if n > 1 => j.doubled.push(device.clone()),
+                _ => {}
+            }
+        }
+        for device in counts.keys() {
+            if !ledger.contains_key(device) {
+                j.phantom.push(device.clone());
+            }
+        }
+        j
+    }
+
+    fn clean(&self) -> bool {
+        self.lost.is_empty() && self.doubled.is_empty() && self.phantom.is_empty()
+    }
+}
+
+fn listed(v: &[String]) -> String {
+    if v.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
+    format!(
+        " ({}{})",
+        shown.join(", "),
+        if v.len() > 5 { ", …" } else { "" }
+    )
+}
+
+struct Run {
+    mode: &'static str,
+    sent: usize,
+    accepted: usize,
+    rejected: usize,
+    indeterminate: usize,
+    kills: BTreeMap<&'static str, usize>,
+    views: Vec<(&'static str, Judged)>,
+    /// Ledger events before the batch cutoff (the batch view is judged on those).
+    batch_covered: usize,
+}
+
+/// The short form: a few kills of each service per mode; `LAMBDALAKE_FAULTS=long`: ≥ 20 per mode.
+fn kills_per_service() -> usize {
+    match std::env::var("LAMBDALAKE_FAULTS").as_deref() {
+        Ok("long") => 8,
+        _ => 2,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_view_loses_doubles_and_invents_nothing_under_kills_with_exactly_once() {
+    let mut runs = Vec::new();
+    for mode in ["exactly-once", "at-least-once", "at-most-once"] {
+        runs.push(run(mode).await);
+    }
+    let report = report(&runs);
+    println!("{report}");
+    let dir = crate::dashboard::artifacts_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("faults.md"), &report).unwrap();
+
+    for r in &runs {
+        assert!(r.accepted > 0, "{report}");
+        assert!(r.kills.values().sum::<usize>() >= 4, "{report}");
+        for (view, j) in &r.views {
+            assert!(
+                j.phantom.is_empty(),
+                "{} {view}: phantoms\n{report}",
+                r.mode
+            );
+            match r.mode {
+                "exactly-once" => assert!(j.clean(), "exactly-once, {view}\n{report}"),
+                // a repeated micro-batch: never skipped in the raw layer or the speed views
+                "at-least-once" if matches!(*view, "bronze" | "speed") => {
+                    assert!(j.lost.is_empty(), "at-least-once, {view}: lost\n{report}")
+                }
+                // a skipped micro-batch: never counted twice
+                "at-most-once" => {
+                    assert!(
+                        j.doubled.is_empty(),
+                        "at-most-once, {view}: doubled\n{report}"
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        runs[0].views.len(),
+        6,
+        "every view judged with exactly-once"
+    );
+    assert!(
+        runs[0].batch_covered * 2 > runs[0].accepted,
+        "most events are before the batch cutoff: {report}"
+    );
+}
+
+fn report(runs: &[Run]) -> String {
+    let mut out = String::from("# Fault suite\n\n");
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "## {}: {} events sent, {} accepted, {} rejected, {} indeterminate; kills: {}\n",
+            r.mode,
+            r.sent,
+            r.accepted,
+            r.rejected,
+            r.indeterminate,
+            r.kills
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if r.batch_covered > 0 {
+            let _ = writeln!(
+                out,
+                "The batch view is judged on the {} events before its cutoff.\n",
+                r.batch_covered
+            );
+        }
+        out.push_str("| view | lost | doubled | phantom |\n|---|---:|---:|---:|\n");
+        for (view, j) in &r.views {
+            let _ = writeln!(
+                out,
+                "| {view} | {}{} | {}{} | {}{} |",
+                j.lost.len(),
+                listed(&j.lost),
+                j.doubled.len(),
+                listed(&j.doubled),
+                j.phantom.len(),
+                listed(&j.phantom)
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One ingest request of `events` readings (one in 25 invalid: a phantom if it ever shows up).
+async fn send(
+    http: &reqwest::Client,
+    url: &str,
+    run: &str,
+    base: i64,
+    from: usize,
+    events: usize,
+) -> Vec<(String, Answer, i64)> {
+    // event time: 50 ms per event from `base`, half an hour back — the batch layer publishes
+    // the windows before its cutoff (the event time every partition reached, minus the
+    // lateness), so most of the run is before it
+    let ts = base + from as i64 * 50;
+    let devices: Vec<String> = (from..from + events)
+        .map(|i| format!("{run}-d{i}"))
+        .collect();
+    let body: Vec<String> = devices
+        .iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let t = if (from + k) % 25 == 24 { 999.0 } else { 20.5 };
+            sensor_json(&format!("{d}-e"), d, ts + k as i64 * 50, t, 1.0)
+        })
+        .collect();
+    let response = http
+        .post(format!("{url}/v1/sensor-readings"))
+        .header("content-type", "application/x-ndjson")
+        .body(body.join("\n"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    let answer: Option<Value> = match response {
+        Ok(r) => r.json().await.ok(),
+        Err(_) => None,
+    };
+    let Some(answer) = answer else {
+        return devices
+            .into_iter()
+            .enumerate()
+            .map(|(k, d)| (d, Answer::Indeterminate, ts + k as i64 * 50))
+            .collect();
+    };
+    let refused: BTreeSet<usize> = answer["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["index"].as_u64())
+        .map(|i| i as usize)
+        .collect();
+    let all_refused = answer.get("error").is_some();
+    devices
+        .into_iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let a = if all_refused || refused.contains(&k) {
+                Answer::Rejected
+            } else {
+                Answer::Accepted
+            };
+            (d, a, ts + k as i64 * 50)
+        })
+        .collect()
+}
+
+/// Each partition's end offset (what ingest produced), into `s.ends` for the waits.
+fn record_ends(s: &mut Setup) {
+    let (kafka, _) = crate::support::kafka_and_producer();
+    let consumer: BaseConsumer = lambdalake_kafka::consumer_config(&kafka, &unique("it-ends"))
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(&s.sensor), Duration::from_secs(10))
+        .expect("metadata");
+    for p in md.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(&s.sensor, p.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        s.ends.insert((s.sensor.clone(), p.id()), high);
+    }
+}
+
+/// Device → count of `sql`'s (device, n) rows over one table.
+async fn counts_in(tables: &str, table: Table, sql: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for b in query(tables, table, sql).await {
+        // DataFusion may answer with string views and other integer widths
+        let d = cast(b.column(0), &DataType::Utf8).expect("a string column");
+        let d = d.as_any().downcast_ref::<StringArray>().expect("strings");
+        let n = cast(b.column(1), &DataType::Int64).expect("a count");
+        let n = n.as_any().downcast_ref::<Int64Array>().expect("counts");
+        for i in 0..b.num_rows() {
+            if !d.is_null(i) {
+                *out.entry(d.value(i).to_owned()).or_insert(0) += n.value(i) as u64;
+            }
+        }
+    }
+    out
+}
+
+/// Wait until `count` reaches `want` or stops moving for 10 s (a mode that loses never gets
+/// there); the last value.
+async fn settle<F, Fut>(want: u64, timeout: Duration, mut count: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let deadline = Instant::now() + timeout;
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    loop {
+        let n = count().await;
+        if n >= want || Instant::now() > deadline || since.elapsed() > Duration::from_secs(10) {
+            return n;
+        }
+        if n != last {
+            (last, since) = (n, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+struct Services {
+    speed: Child,
+    lake: Child,
+    archiver: Option<Child>,
+    extra_speed: Option<Child>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for c in [Some(&mut self.speed), Some(&mut self.lake)]
+            .into_iter()
+            .chain([self.archiver.as_mut(), self.extra_speed.as_mut()])
+            .flatten()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn kill(c: &mut Child) {
+    c.kill().expect("SIGKILL");
+    c.wait().expect("reaped");
+}
+
+fn log_has(path: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+}
+
+async fn run(mode: &'static str) -> Run {
+    let exactly = mode == "exactly-once";
+    let mut s = Setup::new();
+    let mut lake = Lake::new();
+    let master = std::env::temp_dir().join(unique("ll-master"));
+    let ingest = Ingest::start_on(&s.sensor, &s.payment, &[]).await;
+    let delivery = ["--delivery", mode];
+    let mut svc = Services {
+        speed: s.spawn(&delivery),
+        lake: lake.spawn(&s, &delivery),
+        archiver: None,
+        extra_speed: None,
+    };
+    let mut archiver_log = PathBuf::new();
+    if exactly {
+        let (child, log) = spawn_archiver(&s, &master);
+        svc.archiver = Some(child);
+        archiver_log = log;
+    }
+
+    // the sender: 20 readings every 100 ms until told to stop, each answer in the ledger
+    let run_id = unique("f");
+    let stop = lambdalake_serving::CancellationToken::new();
+    let sender = {
+        let (url, run_id, stop) = (ingest.url.clone(), run_id.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let base = now_ms() - 30 * 60_000;
+            let mut ledger = Vec::new();
+            while !stop.is_cancelled() {
+                let got = send(&http, &url, &run_id, base, ledger.len(), 20).await;
+                ledger.extend(got);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ledger
+        })
+    };
+
+    // the kills, round robin at random moments, each once the victim works again
+    let per = kills_per_service();
+    let mut kills: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut rng = rand::rng();
+    let victims: Vec<&'static str> = if exactly {
+        vec!["speed", "lakehouse", "archiver"]
+    } else {
+        vec!["speed", "lakehouse"]
+    };
+    for round in 0..per {
+        for &v in &victims {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_500))).await;
+            match v {
+                "speed" => {
+                    kill(&mut svc.speed);
+                    svc.speed = s.spawn(&delivery);
+                }
+                "lakehouse" => {
+                    kill(&mut svc.lake);
+                    svc.lake = lake.spawn(&s, &delivery);
+                }
+                _ => {
+                    if let Some(a) = svc.archiver.as_mut() {
+                        kill(a);
+                    }
+                    let (child, log) = spawn_archiver(&s, &master);
+                    svc.archiver = Some(child);
+                    archiver_log = log;
+                }
+            }
+            *kills.entry(v).or_default() += 1;
+            // the restarted instance has its partitions (the killed member's session expires)
+            let log = match v {
+                "speed" => s.logs.last().cloned(),
+                "lakehouse" => None,
+                _ => Some(archiver_log.clone()),
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while let Some(l) = &log
+                && !log_has(l, "assigned")
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if v == "lakehouse" {
+                lake.wait_assigned(Duration::from_secs(60)).await;
+            }
+        }
+        // a rebalance: a second speed instance joins (the partitions split), then dies
+        if round == 0 {
+            svc.extra_speed = Some(s.spawn(&delivery));
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        } else if let Some(mut c) = svc.extra_speed.take() {
+            kill(&mut c);
+            *kills.entry("speed (second instance)").or_default() += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let entries = sender.await.expect("sender");
+    ingest.stop().await;
+    let times: HashMap<String, i64> = entries.iter().map(|(d, _, t)| (d.clone(), *t)).collect();
+    let ledger: BTreeMap<String, Answer> = entries.into_iter().map(|(d, a, _)| (d, a)).collect();
+    let count = |a: Answer| ledger.values().filter(|x| **x == a).count();
+    let accepted = count(Answer::Accepted);
+
+    // every path reads to the end of the topic
+    record_ends(&mut s);
+    s.wait_applied(Duration::from_secs(120));
+    let want = accepted as u64;
+    let tables = lake.tables.clone();
+    let sensor_topic = s.sensor.clone();
+    let bronze_sql =
+        format!("select key, count(*) from t where topic = '{sensor_topic}' group by key");
+    settle(want, Duration::from_secs(120), || {
+        let (tables, sql) = (tables.clone(), bronze_sql.clone());
+        async move { counts_in(&tables, Table::Bronze, &sql).await.len() as u64 }
+    })
+    .await;
+    let gold_sql = "select device_id, cast(sum(count) as bigint) from t group by device_id";
+    settle(want, Duration::from_secs(60), || {
+        let tables = tables.clone();
+        async move {
+            counts_in(&tables, Table::GoldSensorWindows, gold_sql)
+                .await
+                .values()
+                .sum()
+        }
+    })
+    .await;
+
+    let mut views: Vec<(&'static str, Judged)> = Vec::new();
+    let mut batch_covered = 0;
+    // speed: the 1-minute windows in Redis
+    let speed: HashMap<String, u64> = speed_counts(&s);
+    views.push(("speed", Judged::of(&ledger, &speed)));
+    if exactly {
+        let (cutoff, mut batch, merged) =
+            batch_and_merged(&s, &master, &archiver_log, &ledger).await;
+        // the batch view holds the windows that end by its cutoff: judged on those events
+        let covered = |d: &String| {
+            times
+                .get(d)
+                .is_none_or(|t| t.div_euclid(60_000) * 60_000 + 60_000 <= cutoff)
+        };
+        let before: BTreeMap<String, Answer> = ledger
+            .iter()
+            .filter(|(d, _)| covered(d))
+            .map(|(d, a)| (d.clone(), *a))
+            .collect();
+        batch.retain(|d, _| covered(d));
+        batch_covered = before.len();
+        views.push(("batch", Judged::of(&before, &batch)));
+        views.push(("merged", Judged::of(&ledger, &merged)));
+    }
+    let bronze = counts_in(&tables, Table::Bronze, &bronze_sql).await;
+    views.push(("bronze", Judged::of(&ledger, &bronze)));
+    let silver = counts_in(
+        &tables,
+        Table::SilverSensorReadings,
+        "select device_id, count(*) from t group by device_id",
+    )
+    .await;
+    views.push(("silver", Judged::of(&ledger, &silver)));
+    let gold = counts_in(&tables, Table::GoldSensorWindows, gold_sql).await;
+    views.push(("gold", Judged::of(&ledger, &gold)));
+
+    drop(svc);
+    let _ = std::fs::remove_dir_all(&lake.dir);
+    let _ = std::fs::remove_dir_all(&master);
+    Run {
+        mode,
+        sent: ledger.len(),
+        accepted,
+        rejected: count(Answer::Rejected),
+        indeterminate: count(Answer::Indeterminate),
+        kills,
+        views,
+        batch_covered,
+    }
+}
+
+/// Device → count in the speed layer's 1-minute windows.
+/// (Every key under the run's own prefix.)
+fn speed_counts(s: &Setup) -> HashMap<String, u64> {
+    use redis::Commands;
+    let mut con = s.con();
+    let pattern = format!("{}:v:sensor:{}:*", s.prefix, SensorView::OneMinute.name());
+    let keys: Vec<String> = con.keys(&pattern).expect("keys");
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for key in keys {
+        let fields: HashMap<String, String> = con.hgetall(&key).expect("hgetall");
+        for (device, json) in fields {
+            let v: Value = serde_json::from_str(&json).expect("a stored window");
+            *out.entry(device).or_default() += v["count"].as_u64().expect("count");
+        }
+    }
+    out
+}
+
+/// The batch view (Postgres, after a recompute over the archived master dataset) and the merged
+/// view (serving's Lambda answer), device → count.
+async fn batch_and_merged(
+    s: &Setup,
+    master: &std::path::Path,
+    archiver_log: &std::path::Path,
+    ledger: &BTreeMap<String, Answer>,
+) -> (i64, HashMap<String, u64>, HashMap<String, u64>) {
+    wait_archived(s, master, archiver_log).await;
+    let url = crate::batch::fresh_database().await;
+    let config = crate::batch::config_for(master, &url, &s.prefix, &[]);
+    let summary = lambdalake_batch::run_once(&config)
+        .await
+        .expect("recompute");
+    let client = lambdalake_batch::connect(&url).await.expect("postgres");
+    let mut batch: HashMap<String, u64> = HashMap::new();
+    for ((device, _), agg) in crate::batch::batch_sensor_view(&client, summary.version, "1m").await
+    {
+        *batch.entry(device).or_default() += agg.count;
+    }
+    let (base, token) = crate::serving::serve_with(
+        &url,
+        &crate::serving::redis_url(),
+        &s.prefix,
+        &s.sensor,
+        &s.payment,
+        &["--version-ttl", "1ms"],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let range = format!(
+        "from={}&to={}",
+        lambdalake_serving::windows::rfc3339(now_ms() - 3_600_000),
+        lambdalake_serving::windows::rfc3339(now_ms() + 60_000)
+    );
+    let mut merged: HashMap<String, u64> = HashMap::new();
+    let mut devices: BTreeSet<&String> = ledger.keys().collect();
+    devices.extend(batch.keys());
+    for device in devices {
+        let (status, body) = crate::serving::get(
+            &http,
+            &format!("{base}/v1/lambda/sensors/{device}/windows?{range}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let n: u64 = body["windows"]
+            .as_array()
+            .map(|w| w.iter().filter_map(|w| w["count"].as_u64()).sum())
+            .unwrap_or(0);
+        if n > 0 {
+            merged.insert(device.clone(), n);
+        }
+    }
+    token.cancel();
+    (summary.cutoff_ms.expect("a cutoff"), batch, merged)
+}
