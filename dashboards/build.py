@@ -1048,7 +1048,7 @@ comparison_rows = [
 # metric, type, labels (values), meaning
 METRICS = [
     ("lambdalake_ingest_events_total", "counter", "`kind` (sensor_reading, payment), `outcome` (accepted, rejected, failed); pre-registered at 0", "Events received by ingest; accepted = acknowledged by Kafka, failed = valid but not persisted (queue full / broker unavailable)"),
-    ("lambdalake_ingest_rejections_total", "counter", "`kind`, `reason` (item: invalid_json, missing_field, duplicate_field, invalid_type, invalid_value, out_of_range, future_timestamp; whole request: unauthorized, unsupported_media_type, too_large, bad_body); appears on the first rejection", "Events (or requests) rejected by validation"),
+    ("lambdalake_ingest_rejections_total", "counter", "`kind`, `reason` (item: invalid_json, missing_field, duplicate_field, invalid_type, invalid_value, out_of_range, future_timestamp; whole request: unauthorized, unsupported_media_type, too_large, bad_body, body_timeout, rate_limited); appears on the first rejection", "Events (or requests) rejected by validation"),
     ("lambdalake_ingest_requests_total", "counter", "`kind`, `status` (HTTP code: 200, 207, 400, 413, 429, 503, …); appears on the first request", "Ingest HTTP requests"),
     ("lambdalake_ingest_request_duration_seconds", "histogram", "`kind`", "Request duration, body read to broker acknowledgement"),
     ("lambdalake_ingest_producer_queue_depth", "gauge", "—", "Messages in the Kafka producer queue not yet acknowledged"),

@@ -224,12 +224,13 @@ async fn the_dashboard_loads_cleanly_and_its_numbers_move_as_events_arrive() {
         &s.prefix,
         &s.sensor,
         &s.payment,
-        &["--lakehouse-tables", &lake.tables],
+        // with API keys on: the page sends the key its address carries after `#key=`
+        &["--lakehouse-tables", &lake.tables, "--api-key", "dash-k3y"],
     )
     .await;
     let (chrome, port, profile) = chromium();
     let mut guard = Kill(vec![chrome]);
-    let page_url = format!("{base}/?device=d0");
+    let page_url = format!("{base}/?device=d0#key=dash-k3y");
     let target = page_target(port).await;
     let mut page = tokio::task::block_in_place(|| {
         let mut page = connect(port, &target);

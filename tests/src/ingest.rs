@@ -2,7 +2,7 @@
 //! rejected says why and never reaches the topic.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -505,6 +505,142 @@ async fn api_keys_are_enforced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_is_rate_limited_on_its_own_and_never_shows_in_metrics() {
+    let ingest = Ingest::start(&[
+        "--api-key",
+        "sk-live-7f3a,sk-live-9b2c",
+        "--rate-limit",
+        "1",
+        "--rate-limit-burst",
+        "3",
+    ])
+    .await;
+    let url = format!("{}/v1/sensor-readings", ingest.url);
+    let client = reqwest::Client::new();
+    let send = |key: &'static str, i: usize| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(reading(i).to_string())
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            send("sk-live-7f3a", i).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    let limited = send("sk-live-7f3a", 3).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    // the other key has its own bucket
+    assert_eq!(
+        send("sk-live-9b2c", 4).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // a token comes back after a second
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        send("sk-live-7f3a", 5).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // what was refused was not produced: 3 + 1 + 1 events
+    assert_eq!(read_topic(&ingest.sensor_topic, 5, SETTLE).len(), 5);
+    let metrics = client
+        .get(format!("{}/metrics", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"reason="rate_limited""#), "{metrics}");
+    assert!(!metrics.contains("sk-live"), "no key in the metrics");
+    ingest.stop().await;
+}
+
+#[test]
+fn listening_beyond_loopback_needs_keys_or_an_explicit_choice() {
+    use clap::Parser;
+    let parse = |args: &[&str]| {
+        let mut all = vec!["lambdalake-ingest"];
+        all.extend_from_slice(args);
+        lambdalake_ingest::Config::try_parse_from(all)
+            .unwrap()
+            .check()
+    };
+    let problems = parse(&["--listen", "0.0.0.0:8080"]).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("LAMBDALAKE_INGEST_API_KEYS")),
+        "{problems:?}"
+    );
+    assert!(parse(&["--listen", "0.0.0.0:8080", "--api-key", "k"]).is_ok());
+    assert!(parse(&["--listen", "0.0.0.0:8080", "--allow-anonymous", "true"]).is_ok());
+    assert!(parse(&["--listen", "127.0.0.1:8080"]).is_ok());
+    assert!(parse(&["--rate-limit", "NaN"]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_gets_408_while_others_are_served() {
+    use std::io::{Read, Write};
+    let ingest = Ingest::start(&["--body-timeout", "2s"]).await;
+    let addr = ingest.url.trim_start_matches("http://").to_owned();
+    let body = reading(1).to_string();
+    // slow clients: headers and a few bytes, then the rest of the body never comes
+    let slow: Vec<std::thread::JoinHandle<String>> = (0..20)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                write!(
+                    s,
+                    "POST /v1/sensor-readings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                    body.len(),
+                    &body[..10]
+                )
+                .unwrap();
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                answer
+            })
+        })
+        .collect();
+    // meanwhile, valid requests are served at once
+    let started = Instant::now();
+    for i in 0..20 {
+        let (status, answer) = post(
+            &format!("{}/v1/sensor-readings", ingest.url),
+            "application/json",
+            reading(100 + i).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served while the slow ones wait"
+    );
+    for t in slow {
+        let answer = t.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_timeout"), "{answer}");
+    }
+    assert_eq!(read_topic(&ingest.sensor_topic, 20, SETTLE).len(), 20);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_gives_503_and_a_full_queue_gives_429() {
     // nothing listens on port 1: the producer can never deliver
     let ingest = Ingest::start(&[
@@ -717,6 +853,35 @@ async fn hostile_bodies_get_a_clear_4xx_and_the_service_stays_healthy() {
                 .into_bytes(),
             StatusCode::BAD_REQUEST,
             "invalid_value",
+        ),
+        (
+            "NaN",
+            "application/json",
+            reading(1)
+                .to_string()
+                .replace("\"vibration_mm_s\":0.5", "\"vibration_mm_s\":NaN")
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "a number beyond f64 (1e400)",
+            "application/json",
+            reading(1)
+                .to_string()
+                .replace("\"vibration_mm_s\":0.5", "\"vibration_mm_s\":1e400")
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "an integer beyond i64 as the timestamp",
+            "application/json",
+            with(reading(1), "ts", json!(u64::MAX))
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
         ),
         (
             "truncated NDJSON",

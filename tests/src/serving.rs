@@ -982,3 +982,88 @@ async fn bad_queries_get_a_precise_400() {
     assert_eq!(r.status(), 200);
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_a_rate_limit_guard_the_api_not_the_page() {
+    let (base, token) = serve_with(
+        "postgres://lambdalake:lambdalake@127.0.0.1:1/x",
+        "redis://127.0.0.1:1",
+        &unique("it-serving"),
+        "sensor-readings",
+        "payments",
+        &[
+            "--api-key",
+            "sv-key-41d0,sv-key-83aa",
+            "--rate-limit",
+            "1",
+            "--rate-limit-burst",
+            "2",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    // a query that needs no store: a 400 means it passed the guard
+    let path = format!("{base}/v1/lambda/sensors/d1/windows?from=yesterday");
+    let call = |key: Option<&str>| {
+        let mut r = http.get(&path);
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        r.send()
+    };
+    for key in [None, Some("sv-key-41d"), Some("nope")] {
+        let r = call(key).await.unwrap();
+        assert_eq!(r.status(), 401, "{key:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let body: Value = r.json().await.unwrap();
+        check_openapi(
+            &http,
+            &base,
+            "/v1/lambda/sensors/{device_id}/windows",
+            401,
+            &body,
+        )
+        .await;
+        assert!(
+            body["error"].as_str().unwrap().starts_with("unauthorized"),
+            "{body}"
+        );
+        assert!(!body.to_string().contains("sv-key"), "keys never echoed");
+    }
+    for _ in 0..2 {
+        assert_eq!(call(Some("sv-key-41d0")).await.unwrap().status(), 400);
+    }
+    let limited = call(Some("sv-key-41d0")).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    let body: Value = limited.json().await.unwrap();
+    check_openapi(
+        &http,
+        &base,
+        "/v1/lambda/sensors/{device_id}/windows",
+        429,
+        &body,
+    )
+    .await;
+    // the other key, the page, the document and the operations endpoints are not limited
+    assert_eq!(call(Some("sv-key-83aa")).await.unwrap().status(), 400);
+    for open in ["/", "/openapi.json", "/healthz", "/metrics"] {
+        let status = http
+            .get(format!("{base}{open}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{open}");
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("sv-key"), "no key in the metrics");
+    token.cancel();
+}

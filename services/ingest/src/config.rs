@@ -28,6 +28,11 @@ pub struct Config {
     )]
     pub max_body_bytes: NonZeroUsize,
 
+    /// Longest a request body may take to arrive, in all; a slower client gets 408 (request
+    /// headers have 5 s, actix-web's default).
+    #[arg(long, env = "LAMBDALAKE_INGEST_BODY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub body_timeout: Duration,
+
     /// Most events in one request; more get 413. At most the producer queue size.
     #[arg(long, env = "LAMBDALAKE_INGEST_MAX_EVENTS", default_value = "10000")]
     pub max_events_per_request: NonZeroUsize,
@@ -43,9 +48,27 @@ pub struct Config {
         env = "LAMBDALAKE_INGEST_API_KEYS",
         value_delimiter = ',',
         hide_env_values = true,
-        value_parser = parse_api_key
+        value_parser = lambdalake_runtime::access::parse_api_key
     )]
     pub api_keys: Vec<Secret>,
+
+    /// Listen beyond loopback without API keys (anyone who reaches the port may send events).
+    /// Without this, such a configuration is refused at start.
+    #[arg(long, env = "LAMBDALAKE_INGEST_ALLOW_ANONYMOUS", default_value_t = false, action = ArgAction::Set)]
+    pub allow_anonymous: bool,
+
+    /// Requests per second allowed per API key (per client address without keys); more get 429
+    /// `rate_limited` with `Retry-After`. 0: no limit.
+    #[arg(long, env = "LAMBDALAKE_INGEST_RATE_LIMIT", default_value = "0")]
+    pub rate_limit: f64,
+
+    /// Requests a caller may send at once before the rate limit applies.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_INGEST_RATE_LIMIT_BURST",
+        default_value = "100"
+    )]
+    pub rate_limit_burst: u32,
 
     /// Create the event topics at start when they do not exist.
     #[arg(long, env = "LAMBDALAKE_INGEST_CREATE_TOPICS", default_value_t = true, action = ArgAction::Set)]
@@ -80,6 +103,20 @@ impl Config {
     /// Rules across fields; every problem is reported, not just the first.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if let Err(e) = lambdalake_runtime::access::check_exposure(
+            self.listen,
+            &self.api_keys,
+            self.allow_anonymous,
+            "LAMBDALAKE_INGEST_API_KEYS",
+        ) {
+            problems.push(format!("{e} (LAMBDALAKE_INGEST_ALLOW_ANONYMOUS=true)"));
+        }
+        if !(self.rate_limit.is_finite() && self.rate_limit >= 0.0) {
+            problems.push(format!(
+                "LAMBDALAKE_INGEST_RATE_LIMIT must be a number of requests per second ≥ 0, got {}",
+                self.rate_limit
+            ));
+        }
         if self.max_events_per_request > self.producer.queue_max_messages {
             problems.push(format!(
                 "--max-events-per-request ({}) exceeds --kafka-queue-max-messages ({}): such a request could never be accepted",
@@ -95,16 +132,4 @@ impl Config {
             Err(problems)
         }
     }
-}
-
-/// Keys are trimmed (`"k1, k2"` in the environment means `k1` and `k2`); an empty key is refused.
-fn parse_api_key(s: &str) -> Result<Secret, String> {
-    let key = s.trim();
-    if key.is_empty() {
-        return Err("an API key is empty".to_owned());
-    }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("an API key contains whitespace or control characters".to_owned());
-    }
-    Ok(Secret::new(key))
 }

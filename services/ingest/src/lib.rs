@@ -7,7 +7,6 @@
 //! field and reason (see [`report`]). An item counts as accepted only after the broker
 //! acknowledged it.
 
-mod auth;
 mod config;
 pub mod metrics;
 pub mod report;
@@ -43,8 +42,9 @@ pub(crate) struct State {
     pub topics: lambdalake_kafka::TopicArgs,
     pub policy: Policy,
     pub max_body_bytes: usize,
+    pub body_timeout: std::time::Duration,
     pub max_events: usize,
-    pub api_keys: Vec<lambdalake_kafka::Secret>,
+    pub access: lambdalake_runtime::Access,
     pub retry_after: Duration,
 }
 
@@ -97,8 +97,13 @@ impl Application {
             topics: config.topics.clone(),
             policy: Policy::ingest(config.max_future_skew),
             max_body_bytes: config.max_body_bytes.get(),
+            body_timeout: config.body_timeout,
             max_events: config.max_events_per_request.get(),
-            api_keys: config.api_keys.clone(),
+            access: lambdalake_runtime::Access::new(
+                config.api_keys.clone(),
+                config.rate_limit,
+                config.rate_limit_burst,
+            ),
             retry_after: config.retry_after,
         });
         let readiness = Arc::new(readiness);

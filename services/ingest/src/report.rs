@@ -120,6 +120,8 @@ pub const REFUSED: &str = "refused_by_broker";
 pub enum RequestError {
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("too many requests for this API key; retry in {retry_after:?}")]
+    RateLimited { retry_after: std::time::Duration },
     #[error(
         "unsupported Content-Type {0:?}: send application/json (one object or an array) or application/x-ndjson"
     )]
@@ -132,12 +134,15 @@ pub enum RequestError {
     Body(BodyError),
     #[error("could not read the request body: {0}")]
     Read(String),
+    #[error("the request body did not arrive within {timeout:?}")]
+    BodyTimeout { timeout: std::time::Duration },
 }
 
 impl RequestError {
     fn code(&self) -> &'static str {
         match self {
             RequestError::Unauthorized(_) => "unauthorized",
+            RequestError::RateLimited { .. } => "rate_limited",
             RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
             RequestError::BodyTooLarge { .. } => "body_too_large",
             RequestError::TooManyEvents { .. } => "too_many_events",
@@ -147,6 +152,7 @@ impl RequestError {
             RequestError::Body(BodyError::NotObjectOrArray(_)) => "invalid_type",
             RequestError::Body(BodyError::TooManyEvents { .. }) => "too_many_events",
             RequestError::Read(_) => "bad_body",
+            RequestError::BodyTimeout { .. } => "body_timeout",
         }
     }
 }
@@ -170,18 +176,29 @@ impl ResponseError for RequestError {
     fn status_code(&self) -> StatusCode {
         match self {
             RequestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            RequestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::BodyTooLarge { .. } | RequestError::TooManyEvents { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             RequestError::Body(_) | RequestError::Read(_) => StatusCode::BAD_REQUEST,
+            RequestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let RequestError::Unauthorized(_) = self {
-            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        match self {
+            RequestError::Unauthorized(_) => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            RequestError::RateLimited { retry_after } => {
+                // whole seconds, rounded up (RFC 9110)
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                response.insert_header((header::RETRY_AFTER, secs.max(1)));
+            }
+            _ => {}
         }
         response.json(ErrorBody {
             error: self.code(),

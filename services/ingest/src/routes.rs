@@ -6,6 +6,7 @@ use futures::StreamExt;
 use lambdalake_events::body::{self, Framing};
 use lambdalake_events::{Event, Payment, SensorReading};
 use lambdalake_kafka::{ProduceError, TraceContext};
+use lambdalake_runtime::Denied;
 use lambdalake_runtime::otel::{self, Kind, Span};
 
 use crate::State;
@@ -83,9 +84,11 @@ async fn ingest<E: Event>(
 fn request_reason(e: &RequestError) -> &'static str {
     match e {
         RequestError::Unauthorized(_) => "unauthorized",
+        RequestError::RateLimited { .. } => "rate_limited",
         RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
         RequestError::BodyTooLarge { .. } | RequestError::TooManyEvents { .. } => "too_large",
         RequestError::Body(_) | RequestError::Read(_) => "bad_body",
+        RequestError::BodyTimeout { .. } => "body_timeout",
     }
 }
 
@@ -112,7 +115,10 @@ async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    timeout: Duration,
 ) -> Result<web::BytesMut, RequestError> {
+    // a client that trickles its body holds a connection and a buffer: it has `timeout` in all
+    let deadline = tokio::time::Instant::now() + timeout;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -124,7 +130,11 @@ async fn read_body(
     // grow with what actually arrives, not with what the client declared
     let mut body =
         web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit).min(256 * 1024));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::time::timeout_at(deadline, payload.next())
+            .await
+            .map_err(|_| RequestError::BodyTimeout { timeout })?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| RequestError::Read(e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(RequestError::BodyTooLarge { limit });
@@ -140,9 +150,12 @@ async fn handle<E: Event>(
     state: &State,
     request_span: &Span,
 ) -> Result<IngestReport, RequestError> {
-    crate::auth::check(req, &state.api_keys).map_err(RequestError::Unauthorized)?;
+    state.access.check(req).map_err(|d| match d {
+        Denied::Unauthorized(why) => RequestError::Unauthorized(why),
+        Denied::RateLimited { retry_after } => RequestError::RateLimited { retry_after },
+    })?;
     let framing = framing(req)?;
-    let body = read_body(req, payload, state.max_body_bytes).await?;
+    let body = read_body(req, payload, state.max_body_bytes, state.body_timeout).await?;
     let items = body::split(&body, framing, state.max_events)?;
     tracing::Span::current().record("items", items.len());
 

@@ -17,6 +17,36 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// API keys, comma-separated in the environment. When any is set, every `/v1` request needs
+    /// `Authorization: Bearer <key>` (the dashboard page sends the key given in its address as
+    /// `#key=…`). Keys are never logged.
+    #[arg(
+        long = "api-key",
+        env = "LAMBDALAKE_SERVING_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = lambdalake_runtime::access::parse_api_key
+    )]
+    pub api_keys: Vec<lambdalake_runtime::Secret>,
+
+    /// Listen beyond loopback without API keys (anyone who reaches the port may query). Without
+    /// this, such a configuration is refused at start.
+    #[arg(long, env = "LAMBDALAKE_SERVING_ALLOW_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_anonymous: bool,
+
+    /// `/v1` requests per second allowed per API key (per client address without keys); more
+    /// get 429 `rate_limited` with `Retry-After`. 0: no limit.
+    #[arg(long, env = "LAMBDALAKE_SERVING_RATE_LIMIT", default_value = "0")]
+    pub rate_limit: f64,
+
+    /// Requests a caller may send at once before the rate limit applies.
+    #[arg(
+        long,
+        env = "LAMBDALAKE_SERVING_RATE_LIMIT_BURST",
+        default_value = "200"
+    )]
+    pub rate_limit_burst: u32,
+
     /// PostgreSQL holding the batch views.
     #[arg(
         long,
@@ -93,6 +123,20 @@ impl Config {
     /// Rules across fields; every problem is reported.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if let Err(e) = lambdalake_runtime::access::check_exposure(
+            self.listen,
+            &self.api_keys,
+            self.allow_anonymous,
+            "LAMBDALAKE_SERVING_API_KEYS",
+        ) {
+            problems.push(format!("{e} (LAMBDALAKE_SERVING_ALLOW_ANONYMOUS=true)"));
+        }
+        if !(self.rate_limit.is_finite() && self.rate_limit >= 0.0) {
+            problems.push(format!(
+                "LAMBDALAKE_SERVING_RATE_LIMIT must be a number of requests per second ≥ 0, got {}",
+                self.rate_limit
+            ));
+        }
         if let Err(e) = self.postgres_url.parse::<tokio_postgres::Config>() {
             problems.push(format!(
                 "LAMBDALAKE_POSTGRES_URL is not a PostgreSQL URL: {e}"

@@ -260,6 +260,8 @@ fn parse_range_with(
     responses(
         (status = 200, description = "The windows, ordered by start", body = windows::SensorWindows),
         (status = 400, description = "A bad id, time or range", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 async fn sensor_windows(
@@ -291,6 +293,8 @@ async fn sensor_windows(
     responses(
         (status = 200, description = "The windows, ordered by start", body = windows::CardWindows),
         (status = 400, description = "A bad id, time or range", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 async fn card_windows(
@@ -319,6 +323,8 @@ async fn card_windows(
     responses(
         (status = 200, description = "What each layer knows of the card", body = risk::Risk),
         (status = 400, description = "A bad id or parameter", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 async fn card_risk(
@@ -391,6 +397,8 @@ fn alert_query(query: &HashMap<String, String>) -> Result<(Option<i64>, Option<i
     responses(
         (status = 200, description = "Newest event time first", body = AlertsBody),
         (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 async fn alerts(
@@ -443,6 +451,8 @@ async fn alerts(
     responses(
         (status = 200, description = "Newest event time first (`degraded`: `[\"gold\"]` when the tables cannot be read)", body = AlertsBody),
         (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 async fn lakehouse_alerts(
@@ -539,6 +549,8 @@ async fn gold_windows<W>(
     responses(
         (status = 200, description = "The windows, ordered by start (`source`: `gold`)", body = windows::SensorWindows),
         (status = 400, description = "A bad id, time, range or version", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 async fn lakehouse_sensor_windows(
@@ -590,6 +602,8 @@ async fn lakehouse_sensor_windows(
     responses(
         (status = 200, description = "The windows, ordered by start (`source`: `gold`)", body = windows::CardWindows),
         (status = 400, description = "A bad id, time, range or version", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 async fn lakehouse_card_windows(
@@ -637,6 +651,8 @@ async fn lakehouse_card_windows(
     responses(
         (status = 200, description = "Newest first", body = lakehouse::History),
         (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
         (status = 404, description = "No such table", body = ErrorBody),
         (status = 503, description = "The tables cannot be read", body = ErrorBody),
     )
@@ -691,12 +707,38 @@ async fn dashboard() -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/v1/overview",
-    responses((status = 200, description = "The overview", body = overview::Overview))
+    responses(
+        (status = 200, description = "The overview", body = overview::Overview),
+        (status = 401, description = "API keys are configured and the request has none, or a wrong one", body = ErrorBody),
+        (status = 429, description = "This API key (or client address) exceeded the rate limit; see Retry-After", body = ErrorBody),
+    )
 )]
 async fn get_overview(state: web::Data<State>) -> HttpResponse {
     let o = overview::overview(&state).await;
     metrics::degraded(&o.degraded);
     HttpResponse::Ok().json(o)
+}
+
+/// 401 or 429, in the API's error shape (`{"error": …}`).
+fn denied_response(d: &lambdalake_runtime::Denied) -> HttpResponse {
+    use actix_web::http::header;
+    match d {
+        lambdalake_runtime::Denied::Unauthorized(why) => HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .json(ErrorBody {
+                error: format!("unauthorized: {why}"),
+            }),
+        lambdalake_runtime::Denied::RateLimited { retry_after } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            HttpResponse::TooManyRequests()
+                .insert_header((header::RETRY_AFTER, secs.max(1)))
+                .json(ErrorBody {
+                    error: format!(
+                        "rate limited: too many requests for this API key; retry in {retry_after:?}"
+                    ),
+                })
+        }
+    }
 }
 
 /// The API routes (without the operations endpoints).
@@ -793,10 +835,16 @@ impl Application {
             watermarks,
         });
         let readiness = Readiness::default();
+        let access = std::sync::Arc::new(lambdalake_runtime::Access::new(
+            config.api_keys.clone(),
+            config.rate_limit,
+            config.rate_limit_burst,
+        ));
         let (listener, port) = lambdalake_runtime::ops::bind(config.listen)?;
         let mut server = HttpServer::new(move || {
+            let access = access.clone();
             App::new()
-                .wrap_fn(|req, srv| {
+                .wrap_fn(move |req, srv| {
                     let started = Instant::now();
                     let route = req
                         .match_pattern()
@@ -814,7 +862,19 @@ impl Application {
                     } else {
                         otel::Span::none()
                     };
-                    let fut = actix_web::dev::Service::call(srv, req);
+                    // API keys and the rate limit guard the API, not the page or the operations
+                    let denied = req
+                        .path()
+                        .starts_with("/v1/")
+                        .then(|| access.check(req.request()).err())
+                        .flatten();
+                    let fut: futures::future::LocalBoxFuture<'static, _> = match denied {
+                        Some(d) => {
+                            let res = req.into_response(denied_response(&d));
+                            Box::pin(async move { Ok(res) })
+                        }
+                        None => Box::pin(actix_web::dev::Service::call(srv, req)),
+                    };
                     async move {
                         let res = fut.await;
                         if let Ok(res) = &res {

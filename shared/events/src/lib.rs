@@ -19,6 +19,8 @@ pub mod body;
 mod codes;
 mod error;
 mod fields;
+#[doc(hidden)]
+pub mod fuzzing;
 mod label;
 mod payment;
 mod policy;
