@@ -199,6 +199,26 @@ struct Service {
     cpu_now: f64,
     peak_rss_kib: u64,
     restarts: u32,
+    /// The current process: when it started, and its resident set (VmRSS, KiB) at each sample.
+    started: Option<Instant>,
+    rss: Vec<(Duration, u64)>,
+}
+
+/// After this long a process is warm (caches filled, queues at their working size): resident
+/// memory should not grow past it under a steady load.
+const WARM_UP: Duration = Duration::from_secs(60);
+
+impl Service {
+    /// Resident memory (MiB) when warm, and at the last sample, for a process that ran at least
+    /// twice the warm-up.
+    fn rss_growth(&self) -> Option<(f64, f64)> {
+        let (last_at, last) = *self.rss.last()?;
+        if last_at < WARM_UP * 2 {
+            return None;
+        }
+        let warm = self.rss.iter().find(|(at, _)| *at >= WARM_UP)?.1;
+        Some((warm as f64 / 1024.0, last as f64 / 1024.0))
+    }
 }
 
 struct Stack {
@@ -247,6 +267,8 @@ impl Stack {
             .with_context(|| format!("cannot start {} (build it first)", bin.display()))?;
         std::fs::write(run_dir.join(format!("{name}.pid")), child.id().to_string())?;
         s.child = Some(child);
+        s.started = Some(Instant::now());
+        s.rss.clear();
         Ok(())
     }
 
@@ -282,13 +304,19 @@ impl Stack {
                 let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
                 s.cpu_now = (ticks(11) + ticks(12)) / self.clock_ticks;
             }
-            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                && let Some(kib) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                s.peak_rss_kib = s.peak_rss_kib.max(kib);
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                let kib = |field: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(field))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                };
+                if let Some(peak) = kib("VmHWM:") {
+                    s.peak_rss_kib = s.peak_rss_kib.max(peak);
+                }
+                if let (Some(now), Some(started)) = (kib("VmRSS:"), s.started) {
+                    s.rss.push((started.elapsed(), now));
+                }
             }
         }
     }
@@ -1050,6 +1078,8 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
                     cpu_now: 0.0,
                     peak_rss_kib: 0,
                     restarts: 0,
+                    started: None,
+                    rss: Vec::new(),
                 }
             })
             .collect();
@@ -1384,6 +1414,7 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
                 cpu_seconds: svc.cpu_before + svc.cpu_now,
                 peak_rss_mib: svc.peak_rss_kib as f64 / 1024.0,
                 restarts: svc.restarts,
+                rss_warm_to_end_mib: svc.rss_growth(),
             });
         }
     }

@@ -42,6 +42,9 @@ pub struct Process {
     pub cpu_seconds: f64,
     pub peak_rss_mib: f64,
     pub restarts: u32,
+    /// Resident memory one minute after the (last) start, and at the end, MiB: growth after
+    /// warm-up (runs of at least two minutes).
+    pub rss_warm_to_end_mib: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -322,12 +325,18 @@ pub fn markdown(r: &Report) -> String {
     if !r.processes.is_empty() {
         let _ = writeln!(
             m,
-            "## Cost per service (from /proc)\n\n| service | CPU seconds | peak RSS | restarts |\n|---|---:|---:|---:|"
+            "## Cost per service (from /proc)\n\n| service | CPU seconds | peak RSS | RSS at 1 min → end | restarts |\n|---|---:|---:|---:|---:|"
         );
         for p in &r.processes {
+            let growth = p.rss_warm_to_end_mib.map_or("–".to_owned(), |(w, e)| {
+                format!(
+                    "{w:.0} → {e:.0} MiB ({:+.0} %)",
+                    (e - w) / w.max(1.0) * 100.0
+                )
+            });
             let _ = writeln!(
                 m,
-                "| {} | {:.1} | {:.0} MiB | {} |",
+                "| {} | {:.1} | {:.0} MiB | {growth} | {} |",
                 p.service, p.cpu_seconds, p.peak_rss_mib, p.restarts
             );
         }

@@ -31,7 +31,12 @@ fn postgres_url() -> String {
 
 /// A fresh database for one test; its URL.
 pub(crate) async fn fresh_database() -> String {
-    let admin = lambdalake_batch::connect(&postgres_url())
+    fresh_database_on(&postgres_url()).await
+}
+
+/// A new database on the server of `base` (a URL naming any database there).
+pub(crate) async fn fresh_database_on(base: &str) -> String {
+    let admin = lambdalake_batch::connect(base)
         .await
         .expect("postgres (is the local stack up?)");
     let name = unique("ll_test").replace('-', "_");
@@ -39,7 +44,6 @@ pub(crate) async fn fresh_database() -> String {
         .batch_execute(&format!("create database {name}"))
         .await
         .expect("create database");
-    let base = postgres_url();
     let (head, _) = base.rsplit_once('/').expect("a database in the URL");
     format!("{head}/{name}")
 }

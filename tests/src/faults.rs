@@ -93,6 +93,8 @@ struct Run {
     views: Vec<(&'static str, Judged)>,
     /// Ledger events before the batch cutoff (the batch view is judged on those).
     batch_covered: usize,
+    /// Indeterminate events found in bronze (the broker had them; the answer was lost).
+    indeterminate_persisted: usize,
 }
 
 /// The short form: a few kills of each service per mode; `LAMBDALAKE_FAULTS=long`: ≥ 20 per mode.
@@ -107,7 +109,7 @@ fn kills_per_service() -> usize {
 async fn every_view_loses_doubles_and_invents_nothing_under_kills_with_exactly_once() {
     let mut runs = Vec::new();
     for mode in ["exactly-once", "at-least-once", "at-most-once"] {
-        runs.push(run(mode).await);
+        runs.push(run(mode, None).await);
     }
     let report = report(&runs);
     println!("{report}");
@@ -169,6 +171,13 @@ fn report(runs: &[Run]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if r.indeterminate > 0 {
+            let _ = writeln!(
+                out,
+                "Of the {} indeterminate events (ingest answered 503: not confirmed), {} reached Kafka anyway and count once; the others never did.\n",
+                r.indeterminate, r.indeterminate_persisted
+            );
+        }
         if r.batch_covered > 0 {
             let _ = writeln!(
                 out,
@@ -236,22 +245,29 @@ async fn send(
             .map(|(k, d)| (d, Answer::Indeterminate, ts + k as i64 * 50))
             .collect();
     };
-    let refused: BTreeSet<usize> = answer["errors"]
+    // per item: `rejected` (invalid: never produced) or `failed` (the broker did not
+    // acknowledge it: maybe persisted, maybe not — never a 2xx)
+    let item_status: HashMap<usize, String> = answer["errors"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| e["index"].as_u64())
-        .map(|i| i as usize)
+        .filter_map(|e| {
+            Some((
+                e["index"].as_u64()? as usize,
+                e["status"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
     let all_refused = answer.get("error").is_some();
     devices
         .into_iter()
         .enumerate()
         .map(|(k, d)| {
-            let a = if all_refused || refused.contains(&k) {
-                Answer::Rejected
-            } else {
-                Answer::Accepted
+            let a = match item_status.get(&k).map(String::as_str) {
+                _ if all_refused => Answer::Rejected,
+                Some("rejected") => Answer::Rejected,
+                Some(_) => Answer::Indeterminate,
+                None => Answer::Accepted,
             };
             (d, a, ts + k as i64 * 50)
         })
@@ -260,7 +276,10 @@ async fn send(
 
 /// Each partition's end offset (what ingest produced), into `s.ends` for the waits.
 fn record_ends(s: &mut Setup) {
-    let (kafka, _) = crate::support::kafka_and_producer();
+    let (mut kafka, _) = crate::support::kafka_and_producer();
+    if let Some(b) = &s.brokers {
+        kafka.brokers = b.clone();
+    }
     let consumer: BaseConsumer = lambdalake_kafka::consumer_config(&kafka, &unique("it-ends"))
         .create()
         .expect("consumer");
@@ -345,12 +364,18 @@ fn log_has(path: &std::path::Path, needle: &str) -> bool {
         .contains(needle)
 }
 
-async fn run(mode: &'static str) -> Run {
+async fn run(mode: &'static str, mut infra: Option<&mut Infra>) -> Run {
     let exactly = mode == "exactly-once";
-    let mut s = Setup::new();
+    let pg = infra.as_ref().map(|i| i.postgres_url());
+    let mut s = match &infra {
+        Some(i) => Setup::on(Some(&i.brokers()), &i.redis_url()),
+        None => Setup::new(),
+    };
     let mut lake = Lake::new();
     let master = std::env::temp_dir().join(unique("ll-master"));
-    let ingest = Ingest::start_on(&s.sensor, &s.payment, &[]).await;
+    let ingest_args = s.broker_args();
+    let ingest_args: Vec<&str> = ingest_args.iter().map(String::as_str).collect();
+    let ingest = Ingest::start_on(&s.sensor, &s.payment, &ingest_args).await;
     let delivery = ["--delivery", mode];
     let mut svc = Services {
         speed: s.spawn(&delivery),
@@ -387,15 +412,32 @@ async fn run(mode: &'static str) -> Run {
     let per = kills_per_service();
     let mut kills: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut rng = rand::rng();
-    let victims: Vec<&'static str> = if exactly {
-        vec!["speed", "lakehouse", "archiver"]
-    } else {
-        vec!["speed", "lakehouse"]
+    let victims: Vec<&'static str> = match (exactly, infra.is_some()) {
+        (_, true) => vec![
+            "broker",
+            "speed",
+            "redis",
+            "lakehouse",
+            "postgres",
+            "archiver",
+        ],
+        (true, false) => vec!["speed", "lakehouse", "archiver"],
+        (false, false) => vec!["speed", "lakehouse"],
     };
     for round in 0..per {
         for &v in &victims {
             tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_500))).await;
             match v {
+                "broker" | "redis" | "postgres" => {
+                    let i = infra.as_deref_mut().expect("private infrastructure");
+                    match v {
+                        "broker" => i.restart_broker(),
+                        "redis" => i.restart_redis(),
+                        _ => i.restart_postgres(),
+                    }
+                    *kills.entry(v).or_default() += 1;
+                    continue;
+                }
                 "speed" => {
                     kill(&mut svc.speed);
                     svc.speed = s.spawn(&delivery);
@@ -481,7 +523,7 @@ async fn run(mode: &'static str) -> Run {
     views.push(("speed", Judged::of(&ledger, &speed)));
     if exactly {
         let (cutoff, mut batch, merged) =
-            batch_and_merged(&s, &master, &archiver_log, &ledger).await;
+            batch_and_merged(&s, &master, &archiver_log, &ledger, pg.as_deref()).await;
         // the batch view holds the windows that end by its cutoff: judged on those events
         let covered = |d: &String| {
             times
@@ -500,6 +542,11 @@ async fn run(mode: &'static str) -> Run {
     }
     let bronze = counts_in(&tables, Table::Bronze, &bronze_sql).await;
     views.push(("bronze", Judged::of(&ledger, &bronze)));
+    // events ingest could not confirm (503 during an outage): persisted or not, never a 2xx
+    let indeterminate_persisted = ledger
+        .iter()
+        .filter(|(d, a)| **a == Answer::Indeterminate && bronze.contains_key(*d))
+        .count();
     let silver = counts_in(
         &tables,
         Table::SilverSensorReadings,
@@ -522,6 +569,7 @@ async fn run(mode: &'static str) -> Run {
         kills,
         views,
         batch_covered,
+        indeterminate_persisted,
     }
 }
 
@@ -550,9 +598,13 @@ async fn batch_and_merged(
     master: &std::path::Path,
     archiver_log: &std::path::Path,
     ledger: &BTreeMap<String, Answer>,
+    pg: Option<&str>,
 ) -> (i64, HashMap<String, u64>, HashMap<String, u64>) {
     wait_archived(s, master, archiver_log).await;
-    let url = crate::batch::fresh_database().await;
+    let url = match pg {
+        Some(base) => crate::batch::fresh_database_on(base).await,
+        None => crate::batch::fresh_database().await,
+    };
     let config = crate::batch::config_for(master, &url, &s.prefix, &[]);
     let summary = lambdalake_batch::run_once(&config)
         .await
@@ -565,7 +617,7 @@ async fn batch_and_merged(
     }
     let (base, token) = crate::serving::serve_with(
         &url,
-        &crate::serving::redis_url(),
+        &s.redis_url,
         &s.prefix,
         &s.sensor,
         &s.payment,
@@ -598,4 +650,278 @@ async fn batch_and_merged(
     }
     token.cancel();
     (summary.cutoff_ms.expect("a cutoff"), batch, merged)
+}
+
+/// A PostgreSQL server, a broker (nisshi, its log on `postgres://` storage in that server, so
+/// that it survives a restart) and a Redis (append-only file) of the test's own: restarted
+/// without disturbing the other tests — the broker and Redis by SIGKILL, PostgreSQL by an
+/// immediate shutdown (no checkpoint: crash recovery at the restart).
+struct Infra {
+    broker: Child,
+    redis: Child,
+    broker_port: u16,
+    redis_port: u16,
+    pg_port: u16,
+    pg_bin: PathBuf,
+    storage: String,
+    dir: PathBuf,
+}
+
+/// Run as the `postgres` user when root (PostgreSQL refuses to run as root).
+fn as_pg(program: &std::path::Path) -> std::process::Command {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+/// `pg_ctl -D <dir>/pg/data -w … args`; panics with its output when it fails.
+fn pg_ctl(bin: &std::path::Path, dir: &std::path::Path, args: &[String]) {
+    let data = dir.join("pg/data");
+    let out = as_pg(&bin.join("pg_ctl"))
+        .args(["-D", data.to_str().unwrap(), "-w", "-t", "60"])
+        .args(args)
+        .output()
+        .expect("pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `pg_ctl start` arguments: a port of its own, loopback only, the socket in `<dir>/pg`.
+fn start_args(dir: &std::path::Path, port: u16) -> Vec<String> {
+    let opts = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=100",
+        dir.join("pg").display()
+    );
+    let log = dir.join("pg/postgres.log");
+    ["-l", log.to_str().unwrap(), "-o", &opts, "start"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn pg_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL (infra/local/stack installs it)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|d| d.join("initdb").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("initdb")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn nisshi() -> PathBuf {
+    let cache = PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/lambdalake");
+    std::fs::read_dir(&cache)
+        .expect("~/.cache/lambdalake (infra/local/stack up builds the broker)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin/nisshi")))
+        .find(|p| p.exists())
+        .expect("the nisshi broker (infra/local/stack up builds it)")
+}
+
+impl Infra {
+    async fn start() -> Infra {
+        let dir = std::env::temp_dir().join(unique("ll-infra"));
+        for d in ["broker", "redis", "pg"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let (pg_bin, pg_port) = (pg_bin(), free_port());
+        let _ = std::process::Command::new("chown")
+            .args(["postgres:", dir.join("pg").to_str().unwrap()])
+            .status();
+        let out = as_pg(&pg_bin.join("initdb"))
+            .args(["-D", dir.join("pg/data").to_str().unwrap()])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg_ctl(&pg_bin, &dir, &start_args(&dir, pg_port));
+        let pg_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
+        let storage = crate::batch::fresh_database_on(&pg_url).await;
+        let (broker_port, redis_port) = (free_port(), free_port());
+        let i = Infra {
+            broker: Self::spawn_broker(&dir, broker_port, &storage),
+            redis: Self::spawn_redis(&dir, redis_port),
+            broker_port,
+            redis_port,
+            pg_port,
+            pg_bin,
+            storage,
+            dir,
+        };
+        wait_port(i.broker_port, "the broker");
+        wait_port(i.redis_port, "redis");
+        i
+    }
+
+    fn postgres_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.pg_port)
+    }
+
+    /// An immediate shutdown (every backend killed, no checkpoint), then a start: crash recovery.
+    fn restart_postgres(&mut self) {
+        pg_ctl(
+            &self.pg_bin,
+            &self.dir,
+            &["-m", "immediate", "stop"].map(str::to_owned),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        pg_ctl(
+            &self.pg_bin,
+            &self.dir,
+            &start_args(&self.dir, self.pg_port),
+        );
+    }
+
+    fn spawn_broker(dir: &std::path::Path, port: u16, storage: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("broker.log"))
+            .unwrap();
+        std::process::Command::new(nisshi())
+            .current_dir(dir.join("broker"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args([
+                "broker",
+                "--cluster-id",
+                "lambdalake-faults",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--storage-engine",
+                storage,
+                "--group-initial-rebalance-delay",
+                "0s",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nisshi")
+    }
+
+    fn spawn_redis(dir: &std::path::Path, port: u16) -> Child {
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                dir.join("redis").to_str().unwrap(),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--logfile",
+                dir.join("redis.log").to_str().unwrap(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (infra/local/stack installs it)")
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.broker_port)
+    }
+
+    fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
+    }
+
+    /// SIGKILL the broker and start it again on the same storage, a moment later.
+    fn restart_broker(&mut self) {
+        kill(&mut self.broker);
+        std::thread::sleep(Duration::from_millis(500));
+        self.broker = Self::spawn_broker(&self.dir, self.broker_port, &self.storage);
+        wait_port(self.broker_port, "the restarted broker");
+    }
+
+    /// SIGKILL Redis (up to a second of writes not yet in its append-only file is lost) and
+    /// start it again on the same directory.
+    fn restart_redis(&mut self) {
+        kill(&mut self.redis);
+        self.redis = Self::spawn_redis(&self.dir, self.redis_port);
+        wait_port(self.redis_port, "the restarted redis");
+    }
+}
+
+impl Drop for Infra {
+    fn drop(&mut self) {
+        for c in [&mut self.broker, &mut self.redis] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let data = self.dir.join("pg/data");
+        let _ = as_pg(&self.pg_bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_view_stays_exact_through_broker_redis_and_postgres_restarts() {
+    let mut infra = Infra::start().await;
+    let r = run("exactly-once", Some(&mut infra)).await;
+    let report = report(std::slice::from_ref(&r));
+    println!("{report}");
+    std::fs::create_dir_all(crate::dashboard::artifacts_dir()).unwrap();
+    std::fs::write(
+        crate::dashboard::artifacts_dir().join("faults-infra.md"),
+        &report,
+    )
+    .unwrap();
+    assert!(r.kills.get("broker").copied().unwrap_or(0) >= 2, "{report}");
+    assert!(r.kills.get("redis").copied().unwrap_or(0) >= 2, "{report}");
+    assert!(
+        r.kills.get("postgres").copied().unwrap_or(0) >= 2,
+        "{report}"
+    );
+    assert!(r.accepted > 0, "{report}");
+    for (view, j) in &r.views {
+        assert!(j.clean(), "{view}\n{report}");
+    }
+    assert_eq!(r.views.len(), 6, "{report}");
 }

@@ -70,6 +70,7 @@ impl Lake {
             "--kafka-option",
             "heartbeat.interval.ms=500",
         ])
+        .args(s.broker_args())
         .args(extra)
         .env("LAMBDALAKE_LOG", "info")
         .stdout(Stdio::from(file.try_clone().expect("log file")))

@@ -49,11 +49,23 @@ pub(crate) struct Setup {
     /// Readings sent that must not be counted (late), to look for them in Redis too.
     pub(crate) unapplied_sensors: Vec<SensorReading>,
     pub(crate) logs: Vec<PathBuf>,
+    /// The Redis the processes use (the stack's by default).
+    pub(crate) redis_url: String,
+    /// Brokers other than the stack's, passed to every process started from here.
+    pub(crate) brokers: Option<String>,
 }
 
 impl Setup {
     pub(crate) fn new() -> Setup {
-        let (kafka, producer) = kafka();
+        Setup::on(None, &redis_url())
+    }
+
+    /// A deployment on its own broker (`brokers`) and Redis.
+    pub(crate) fn on(brokers: Option<&str>, redis: &str) -> Setup {
+        let (mut kafka, producer) = kafka();
+        if let Some(b) = brokers {
+            kafka.brokers = b.to_owned();
+        }
         let prefix = unique("it");
         Setup {
             sensor: unique("it-sensor"),
@@ -64,7 +76,9 @@ impl Setup {
             group: unique("it-speed"),
             keys: Keys::new(prefix.clone()),
             prefix,
-            redis: redis::Client::open(redis_url()).expect("redis url"),
+            redis: redis::Client::open(redis).expect("redis url"),
+            redis_url: redis.to_owned(),
+            brokers: brokers.map(str::to_owned),
             producer: Producer::new(&kafka, &producer).expect("producer"),
             ends: HashMap::new(),
             sensors: Vec::new(),
@@ -72,6 +86,14 @@ impl Setup {
             unapplied_sensors: Vec::new(),
             logs: Vec::new(),
         }
+    }
+
+    /// `--kafka-brokers` when the deployment has brokers of its own.
+    pub(crate) fn broker_args(&self) -> Vec<String> {
+        self.brokers
+            .iter()
+            .flat_map(|b| ["--kafka-brokers".to_owned(), b.clone()])
+            .collect()
     }
 
     /// The service's arguments for this deployment, talking to Redis at `redis_url`.
@@ -129,7 +151,8 @@ impl Setup {
         let log = std::env::temp_dir().join(format!("{}-{}.log", self.prefix, self.logs.len()));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(speed_binary());
-        cmd.args(self.args_in(&redis_url(), group))
+        cmd.args(self.args_in(&self.redis_url, group))
+            .args(self.broker_args())
             .args(extra)
             .env("LAMBDALAKE_LOG", "info")
             .stdout(Stdio::from(file.try_clone().expect("log file")))
@@ -892,8 +915,9 @@ pub(crate) fn spawn_archiver(s: &Setup, dir: &std::path::Path) -> (Child, PathBu
             &unique("it-labels"),
             "--flush-interval",
             "200ms",
-            "archive",
         ])
+        .args(s.broker_args())
+        .arg("archive")
         .env("LAMBDALAKE_LOG", "info")
         .stdout(Stdio::from(file.try_clone().unwrap()))
         .stderr(Stdio::from(file))
