@@ -846,9 +846,12 @@ fn dir_bytes(p: &Path) -> u64 {
 }
 
 async fn create_database(url: &str, name: &str) -> anyhow::Result<String> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| "cannot reach PostgreSQL (LAMBDALAKE_POSTGRES_URL)")?;
+    let (client, conn) = tokio_postgres::connect(
+        url,
+        tokio_postgres_rustls::MakeRustlsConnect::new(lambdalake_runtime::tls::client_config()),
+    )
+    .await
+    .with_context(|| "cannot reach PostgreSQL (LAMBDALAKE_POSTGRES_URL)")?;
     tokio::spawn(conn);
     client
         .batch_execute(&format!("create database {name}"))
@@ -860,9 +863,12 @@ async fn create_database(url: &str, name: &str) -> anyhow::Result<String> {
 }
 
 async fn database_bytes(url: &str) -> Option<u64> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .ok()?;
+    let (client, conn) = tokio_postgres::connect(
+        url,
+        tokio_postgres_rustls::MakeRustlsConnect::new(lambdalake_runtime::tls::client_config()),
+    )
+    .await
+    .ok()?;
     tokio::spawn(conn);
     let row = client
         .query_one("select pg_database_size(current_database())", &[])

@@ -181,7 +181,7 @@ fn report(runs: &[Run]) -> String {
         if r.batch_covered > 0 {
             let _ = writeln!(
                 out,
-                "The batch view is judged on the {} events before its cutoff.\n",
+                "The batch view is judged on the {} ledger events (whatever their answer) before its cutoff.\n",
                 r.batch_covered
             );
         }
@@ -668,7 +668,7 @@ struct Infra {
 }
 
 /// Run as the `postgres` user when root (PostgreSQL refuses to run as root).
-fn as_pg(program: &std::path::Path) -> std::process::Command {
+pub(crate) fn as_pg(program: &std::path::Path) -> std::process::Command {
     let root = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -683,7 +683,7 @@ fn as_pg(program: &std::path::Path) -> std::process::Command {
 }
 
 /// `pg_ctl -D <dir>/pg/data -w … args`; panics with its output when it fails.
-fn pg_ctl(bin: &std::path::Path, dir: &std::path::Path, args: &[String]) {
+pub(crate) fn pg_ctl(bin: &std::path::Path, dir: &std::path::Path, args: &[String]) {
     let data = dir.join("pg/data");
     let out = as_pg(&bin.join("pg_ctl"))
         .args(["-D", data.to_str().unwrap(), "-w", "-t", "60"])
@@ -699,7 +699,7 @@ fn pg_ctl(bin: &std::path::Path, dir: &std::path::Path, args: &[String]) {
 }
 
 /// `pg_ctl start` arguments: a port of its own, loopback only, the socket in `<dir>/pg`.
-fn start_args(dir: &std::path::Path, port: u16) -> Vec<String> {
+pub(crate) fn start_args(dir: &std::path::Path, port: u16) -> Vec<String> {
     let opts = format!(
         "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=100",
         dir.join("pg").display()
@@ -710,7 +710,7 @@ fn start_args(dir: &std::path::Path, port: u16) -> Vec<String> {
         .to_vec()
 }
 
-fn pg_bin() -> PathBuf {
+pub(crate) fn pg_bin() -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .expect("PostgreSQL (infra/local/stack installs it)")
         .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -720,14 +720,14 @@ fn pg_bin() -> PathBuf {
     dirs.pop().expect("initdb")
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
 }
 
-fn wait_port(port: u16, what: &str) {
+pub(crate) fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");

@@ -24,3 +24,5 @@ mod serving;
 mod speed;
 #[cfg(test)]
 mod support;
+#[cfg(test)]
+mod tls;

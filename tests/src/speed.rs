@@ -88,6 +88,13 @@ impl Setup {
         }
     }
 
+    /// Every argument of a `lambdalake-speed` process of this deployment.
+    pub(crate) fn speed_args(&self) -> Vec<String> {
+        let mut args = self.args_in(&self.redis_url, &self.group);
+        args.extend(self.broker_args());
+        args
+    }
+
     /// `--kafka-brokers` when the deployment has brokers of its own.
     pub(crate) fn broker_args(&self) -> Vec<String> {
         self.brokers

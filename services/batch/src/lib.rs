@@ -121,9 +121,12 @@ impl std::fmt::Display for RunSummary {
     }
 }
 
-/// Connect to Postgres (the connection is driven by a task that ends with the client).
+/// Connect to Postgres (the connection is driven by a task that ends with the client); TLS as
+/// the URL's `sslmode` says (see `lambdalake_runtime::tls`).
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let tls =
+        tokio_postgres_rustls::MakeRustlsConnect::new(lambdalake_runtime::tls::client_config());
+    let (client, connection) = tokio_postgres::connect(url, tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "postgres connection closed");

@@ -482,7 +482,12 @@ impl Pipeline {
         let highs = &self.consumer.context().highs;
         for ((topic, p), part) in &self.parts {
             if let Some(high) = highs.get(topic, *p) {
-                let committed = part.stored.values().copied().min().unwrap_or(0);
+                // not exactly once, the tables record no offset: the consumer's position
+                let committed = if self.settings.delivery.fenced() {
+                    part.stored.values().copied().min().unwrap_or(0)
+                } else {
+                    part.expect
+                };
                 metrics::CONSUMER_LAG
                     .with_label_values(&[topic.as_str(), &p.to_string()])
                     .set((high - committed).max(0));

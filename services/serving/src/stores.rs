@@ -24,12 +24,23 @@ pub enum StoreError {
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{}: {}", d.severity(), d.message()),
-        None => e.to_string(),
+        // a connection or TLS failure: its causes say what was wrong (a certificate…)
+        None => {
+            let mut m = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                m.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            m
+        }
     }
 }
 
 pub struct Postgres {
     config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` says (see `lambdalake_runtime::tls`).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     slots: Vec<Mutex<Option<Arc<tokio_postgres::Client>>>>,
     next: AtomicUsize,
     timeout: Duration,
@@ -41,6 +52,9 @@ impl Postgres {
         config.connect_timeout(timeout);
         Ok(Postgres {
             config,
+            tls: tokio_postgres_rustls::MakeRustlsConnect::new(
+                lambdalake_runtime::tls::client_config(),
+            ),
             slots: (0..connections).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             timeout,
@@ -60,7 +74,7 @@ impl Postgres {
         {
             return Ok(c.clone());
         }
-        let connect = self.config.connect(tokio_postgres::NoTls);
+        let connect = self.config.connect(self.tls.clone());
         let (client, connection) = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| StoreError::Postgres("connection timed out".to_owned()))?

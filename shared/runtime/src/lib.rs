@@ -7,6 +7,7 @@ pub mod ops;
 pub mod otel;
 pub mod tasks;
 pub mod telemetry;
+pub mod tls;
 
 pub use access::{Access, Denied, Secret};
 pub use ops::Readiness;

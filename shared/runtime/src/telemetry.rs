@@ -42,6 +42,8 @@ pub fn init(
     service_name: &str,
 ) -> Result<crate::otel::Tracing, TelemetryError> {
     init_logs(args)?;
+    // `rediss://` connections build their TLS configuration with the process's provider
+    crate::tls::install_crypto_provider();
     Ok(crate::otel::Tracing::init(service_name)?)
 }
 
