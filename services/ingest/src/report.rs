@@ -120,7 +120,9 @@ pub const REFUSED: &str = "refused_by_broker";
 pub enum RequestError {
     #[error("{0}")]
     Unauthorized(&'static str),
-    #[error("too many requests for this API key; retry in {retry_after:?}")]
+    #[error(
+        "too many requests from this caller (API key, or client address without keys); retry in {retry_after:?}"
+    )]
     RateLimited { retry_after: std::time::Duration },
     #[error(
         "unsupported Content-Type {0:?}: send application/json (one object or an array) or application/x-ndjson"

@@ -734,7 +734,7 @@ fn denied_response(d: &lambdalake_runtime::Denied) -> HttpResponse {
                 .insert_header((header::RETRY_AFTER, secs.max(1)))
                 .json(ErrorBody {
                     error: format!(
-                        "rate limited: too many requests for this API key; retry in {retry_after:?}"
+                        "rate limited: too many requests from this caller (API key, or client address without keys); retry in {retry_after:?}"
                     ),
                 })
         }
