@@ -684,6 +684,30 @@ pub(crate) fn as_pg(program: &std::path::Path) -> std::process::Command {
     }
 }
 
+/// A new cluster in `<dir>/pg/data` (the directory given to the `postgres` user when root).
+pub(crate) fn initdb(bin: &std::path::Path, dir: &std::path::Path) {
+    let _ = std::process::Command::new("chown")
+        .args(["-R", "postgres:", dir.join("pg").to_str().unwrap()])
+        .status();
+    let out = as_pg(&bin.join("initdb"))
+        .args(["-D", dir.join("pg/data").to_str().unwrap()])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ])
+        .output()
+        .expect("initdb");
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `pg_ctl -D <dir>/pg/data -w … args`; panics with its output when it fails.
 pub(crate) fn pg_ctl(bin: &std::path::Path, dir: &std::path::Path, args: &[String]) {
     let data = dir.join("pg/data");
@@ -753,26 +777,7 @@ impl Infra {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
         let (pg_bin, pg_port) = (pg_bin(), free_port());
-        let _ = std::process::Command::new("chown")
-            .args(["postgres:", dir.join("pg").to_str().unwrap()])
-            .status();
-        let out = as_pg(&pg_bin.join("initdb"))
-            .args(["-D", dir.join("pg/data").to_str().unwrap()])
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ])
-            .output()
-            .expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        initdb(&pg_bin, &dir);
         pg_ctl(&pg_bin, &dir, &start_args(&dir, pg_port));
         let pg_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
         let storage = crate::batch::fresh_database_on(&pg_url).await;

@@ -554,14 +554,7 @@ async fn each_key_is_rate_limited_on_its_own_and_never_shows_in_metrics() {
     );
     // what was refused was not produced: 3 + 1 + 1 events
     assert_eq!(read_topic(&ingest.sensor_topic, 5, SETTLE).len(), 5);
-    let metrics = client
-        .get(format!("{}/metrics", ingest.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_page(&ingest.url).await;
     assert!(metrics.contains(r#"reason="rate_limited""#), "{metrics}");
     assert!(!metrics.contains("sk-live"), "no key in the metrics");
     ingest.stop().await;

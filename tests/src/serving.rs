@@ -1056,14 +1056,7 @@ async fn api_keys_and_a_rate_limit_guard_the_api_not_the_page() {
             .status();
         assert_eq!(status, 200, "{open}");
     }
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_page(&base).await;
     assert!(!metrics.contains("sv-key"), "no key in the metrics");
     token.cancel();
 }

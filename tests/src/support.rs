@@ -242,3 +242,13 @@ pub fn kafka_and_producer() -> (KafkaArgs, lambdalake_kafka::ProducerArgs) {
     let cli = <Cli as clap::Parser>::parse_from(["tests"]);
     (cli.kafka, cli.producer)
 }
+
+/// A service's `/metrics` page.
+pub async fn metrics_page(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("/metrics text")
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use crate::faults::{as_pg, free_port, pg_bin, pg_ctl, start_args, wait_port};
+use crate::faults::{free_port, initdb, pg_bin, pg_ctl, start_args, wait_port};
 use crate::speed::{Kill, Setup, now_ms, sensor_json};
 use crate::support::unique;
 
@@ -180,30 +180,12 @@ async fn the_speed_layer_and_the_batch_layer_talk_tls_to_redis_and_postgres() {
     for f in ["server.crt", "server.key"] {
         std::fs::copy(dir.join(f), pg_dir.join("pg").join(f)).unwrap();
     }
-    let _ = Command::new("chown")
-        .args(["-R", "postgres:", pg_dir.to_str().unwrap()])
-        .status();
+    // initdb gives <pg_dir>/pg to the postgres user; the key must be private to it
     let _ = Command::new("chmod")
         .args(["600", pg_dir.join("pg/server.key").to_str().unwrap()])
         .status();
     let bin = pg_bin();
-    let out = as_pg(&bin.join("initdb"))
-        .args(["-D", pg_dir.join("pg/data").to_str().unwrap()])
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-        ])
-        .output()
-        .expect("initdb");
-    assert!(
-        out.status.success(),
-        "initdb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    initdb(&bin, &pg_dir);
     let pg_port = free_port();
     let mut args = start_args(&pg_dir, pg_port);
     let opts = args.iter().position(|a| a == "-o").unwrap() + 1;
