@@ -418,6 +418,7 @@ async fn run(mode: &'static str, mut infra: Option<&mut Infra>) -> Run {
         (_, true) => vec![
             "broker",
             "speed",
+            "network",
             "redis",
             "lakehouse",
             "postgres",
@@ -430,12 +431,20 @@ async fn run(mode: &'static str, mut infra: Option<&mut Infra>) -> Run {
         for &v in &victims {
             tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_500))).await;
             match v {
-                "broker" | "redis" | "postgres" => {
+                "broker" | "redis" | "postgres" | "network" => {
                     let i = infra.as_deref_mut().expect("private infrastructure");
                     match v {
                         "broker" => i.restart_broker(),
                         "redis" => i.restart_redis(),
-                        _ => i.restart_postgres(),
+                        "postgres" => i.restart_postgres(),
+                        _ => {
+                            // a few seconds of a slow network to the broker and Redis
+                            let delay = Duration::from_millis(rng.random_range(20..200));
+                            i.slow(Some(delay));
+                            let slow_for = Duration::from_millis(rng.random_range(2_000..5_000));
+                            tokio::time::sleep(slow_for).await;
+                            i.slow(None);
+                        }
                     }
                     *kills.entry(v).or_default() += 1;
                     continue;
@@ -663,10 +672,85 @@ struct Infra {
     redis: Child,
     broker_port: u16,
     redis_port: u16,
+    /// Every client reaches the broker and Redis through these (network slowness).
+    broker_proxy: SlowProxy,
+    redis_proxy: SlowProxy,
     pg_port: u16,
     pg_bin: PathBuf,
     storage: String,
     dir: PathBuf,
+}
+
+/// A TCP proxy on loopback that can delay every chunk it forwards, both ways: a slow network
+/// between the services and a store (the connections stay up; bytes arrive late).
+struct SlowProxy {
+    port: u16,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+impl SlowProxy {
+    async fn start(target: u16) -> SlowProxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a proxy port");
+        let port = listener.local_addr().unwrap().port();
+        let delay_ms = std::sync::Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue; // the store is restarting: the client sees a closed connection
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let pipes: [(Reader, Writer); 2] =
+                    [(Box::new(cr), Box::new(sw)), (Box::new(sr), Box::new(cw))];
+                for (mut from, mut to) in pipes {
+                    let delay = delay.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let d = delay.load(Ordering::Relaxed);
+                            if d > 0 {
+                                tokio::time::sleep(Duration::from_millis(d)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown().await;
+                    });
+                }
+            }
+        });
+        SlowProxy {
+            port,
+            delay_ms,
+            task,
+        }
+    }
+
+    fn set_delay(&self, d: Option<Duration>) {
+        let ms = d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Run as the `postgres` user when root (PostgreSQL refuses to run as root).
@@ -782,11 +866,17 @@ impl Infra {
         let pg_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
         let storage = crate::batch::fresh_database_on(&pg_url).await;
         let (broker_port, redis_port) = (free_port(), free_port());
+        let (broker_proxy, redis_proxy) = (
+            SlowProxy::start(broker_port).await,
+            SlowProxy::start(redis_port).await,
+        );
         let i = Infra {
-            broker: Self::spawn_broker(&dir, broker_port, &storage),
+            broker: Self::spawn_broker(&dir, broker_port, broker_proxy.port, &storage),
             redis: Self::spawn_redis(&dir, redis_port),
             broker_port,
             redis_port,
+            broker_proxy,
+            redis_proxy,
             pg_port,
             pg_bin,
             storage,
@@ -816,7 +906,9 @@ impl Infra {
         );
     }
 
-    fn spawn_broker(dir: &std::path::Path, port: u16, storage: &str) -> Child {
+    /// The broker listens on `port` and advertises `advertised` (its proxy): every client's
+    /// connection, after the bootstrap one, goes through the proxy too.
+    fn spawn_broker(dir: &std::path::Path, port: u16, advertised: u16, storage: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -833,7 +925,7 @@ impl Infra {
                 "--listener-url",
                 &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
+                &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
                 storage,
                 "--group-initial-rebalance-delay",
@@ -870,18 +962,30 @@ impl Infra {
     }
 
     fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.broker_port)
+        format!("127.0.0.1:{}", self.broker_proxy.port)
     }
 
     fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.redis_port)
+        format!("redis://127.0.0.1:{}/", self.redis_proxy.port)
+    }
+
+    /// Make the network to the broker and Redis slow (`Some(delay)` per chunk each way) or not.
+    fn slow(&self, delay: Option<Duration>) {
+        for p in [&self.broker_proxy, &self.redis_proxy] {
+            p.set_delay(delay);
+        }
     }
 
     /// SIGKILL the broker and start it again on the same storage, a moment later.
     fn restart_broker(&mut self) {
         kill(&mut self.broker);
         std::thread::sleep(Duration::from_millis(500));
-        self.broker = Self::spawn_broker(&self.dir, self.broker_port, &self.storage);
+        self.broker = Self::spawn_broker(
+            &self.dir,
+            self.broker_port,
+            self.broker_proxy.port,
+            &self.storage,
+        );
         wait_port(self.broker_port, "the restarted broker");
     }
 
@@ -909,7 +1013,7 @@ impl Drop for Infra {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_view_stays_exact_through_broker_redis_and_postgres_restarts() {
+async fn every_view_stays_exact_through_broker_redis_and_postgres_restarts_and_a_slow_network() {
     let mut infra = Infra::start().await;
     let r = run("exactly-once", Some(&mut infra)).await;
     let report = report(std::slice::from_ref(&r));
