@@ -55,15 +55,7 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{}: {}", d.severity(), d.message()),
         // a connection or TLS failure: its causes say what was wrong (a certificate…)
-        None => {
-            let mut m = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                m.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            m
-        }
+        None => lambdalake_runtime::with_causes(e),
     }
 }
 
