@@ -103,20 +103,15 @@ impl Config {
     /// Rules across fields; every problem is reported, not just the first.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if let Err(e) = lambdalake_runtime::access::check_exposure(
-            self.listen,
-            &self.api_keys,
-            self.allow_anonymous,
-            "LAMBDALAKE_INGEST_API_KEYS",
-        ) {
-            problems.push(format!("{e} (LAMBDALAKE_INGEST_ALLOW_ANONYMOUS=true)"));
-        }
-        if !(self.rate_limit.is_finite() && self.rate_limit >= 0.0) {
-            problems.push(format!(
-                "LAMBDALAKE_INGEST_RATE_LIMIT must be a number of requests per second ≥ 0, got {}",
-                self.rate_limit
-            ));
-        }
+        problems.extend(lambdalake_runtime::access::check(
+            &lambdalake_runtime::access::Settings {
+                prefix: "LAMBDALAKE_INGEST",
+                listen: self.listen,
+                keys: &self.api_keys,
+                allow_anonymous: self.allow_anonymous,
+                rate_limit: self.rate_limit,
+            },
+        ));
         if self.max_events_per_request > self.producer.queue_max_messages {
             problems.push(format!(
                 "--max-events-per-request ({}) exceeds --kafka-queue-max-messages ({}): such a request could never be accepted",

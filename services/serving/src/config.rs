@@ -123,20 +123,15 @@ impl Config {
     /// Rules across fields; every problem is reported.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if let Err(e) = lambdalake_runtime::access::check_exposure(
-            self.listen,
-            &self.api_keys,
-            self.allow_anonymous,
-            "LAMBDALAKE_SERVING_API_KEYS",
-        ) {
-            problems.push(format!("{e} (LAMBDALAKE_SERVING_ALLOW_ANONYMOUS=true)"));
-        }
-        if !(self.rate_limit.is_finite() && self.rate_limit >= 0.0) {
-            problems.push(format!(
-                "LAMBDALAKE_SERVING_RATE_LIMIT must be a number of requests per second ≥ 0, got {}",
-                self.rate_limit
-            ));
-        }
+        problems.extend(lambdalake_runtime::access::check(
+            &lambdalake_runtime::access::Settings {
+                prefix: "LAMBDALAKE_SERVING",
+                listen: self.listen,
+                keys: &self.api_keys,
+                allow_anonymous: self.allow_anonymous,
+                rate_limit: self.rate_limit,
+            },
+        ));
         if let Err(e) = self.postgres_url.parse::<tokio_postgres::Config>() {
             problems.push(format!(
                 "LAMBDALAKE_POSTGRES_URL is not a PostgreSQL URL: {e}"

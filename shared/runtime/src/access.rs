@@ -4,7 +4,7 @@
 //!
 //! Without keys an API is open, which is only the default on a loopback address: a service
 //! listening elsewhere without keys refuses to start unless anonymous access is asked for
-//! ([`check_exposure`]).
+//! ([`check`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -218,20 +218,35 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A service listening beyond loopback without keys is open to its network: refused, unless
-/// the operator said so (`allow_anonymous`). `setting` names the keys' environment variable.
-pub fn check_exposure(
-    listen: SocketAddr,
-    keys: &[Secret],
-    allow_anonymous: bool,
-    setting: &str,
-) -> Result<(), String> {
-    if keys.is_empty() && !listen.ip().is_loopback() && !allow_anonymous {
-        return Err(format!(
-            "listening on {listen} without API keys would let anyone on the network in: set {setting} (comma-separated keys), listen on a loopback address, or allow anonymous access explicitly"
+/// The access settings of one service's API, as configured (`prefix`: its environment
+/// variables' prefix, `LAMBDALAKE_INGEST`).
+pub struct Settings<'a> {
+    pub prefix: &'a str,
+    pub listen: SocketAddr,
+    pub keys: &'a [Secret],
+    pub allow_anonymous: bool,
+    pub rate_limit: f64,
+}
+
+/// What is wrong with `s`, every problem: a service listening beyond loopback without keys is
+/// open to its network (refused unless the operator allowed anonymous access), and the rate
+/// limit must be a number of requests per second.
+pub fn check(s: &Settings<'_>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if s.keys.is_empty() && !s.listen.ip().is_loopback() && !s.allow_anonymous {
+        problems.push(format!(
+            "listening on {} without API keys would let anyone on the network in: set {p}_API_KEYS (comma-separated keys), listen on a loopback address, or allow anonymous access explicitly ({p}_ALLOW_ANONYMOUS=true)",
+            s.listen,
+            p = s.prefix
         ));
     }
-    Ok(())
+    if !(s.rate_limit.is_finite() && s.rate_limit >= 0.0) {
+        problems.push(format!(
+            "{}_RATE_LIMIT must be a number of requests per second ≥ 0, got {}",
+            s.prefix, s.rate_limit
+        ));
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -313,11 +328,27 @@ mod tests {
     fn exposure_without_keys_is_refused_beyond_loopback() {
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-        assert!(check_exposure(local, &[], false, "K").is_ok());
-        let e = check_exposure(any, &[], false, "K").unwrap_err();
-        assert!(e.contains("set K"), "{e}");
-        assert!(check_exposure(any, &[], true, "K").is_ok());
-        assert!(check_exposure(any, &[Secret::new("k")], false, "K").is_ok());
+        let key = [Secret::new("k")];
+        let at = |listen, keys: &[Secret], allow_anonymous, rate_limit| {
+            check(&Settings {
+                prefix: "LAMBDALAKE_X",
+                listen,
+                keys,
+                allow_anonymous,
+                rate_limit,
+            })
+        };
+        assert!(at(local, &[], false, 0.0).is_empty());
+        let e = at(any, &[], false, 0.0);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("set LAMBDALAKE_X_API_KEYS"), "{e:?}");
+        assert!(e[0].contains("LAMBDALAKE_X_ALLOW_ANONYMOUS=true"), "{e:?}");
+        assert!(at(any, &[], true, 0.0).is_empty());
+        assert!(at(any, &key, false, 0.0).is_empty());
+        for bad in [f64::NAN, -1.0, f64::INFINITY] {
+            let e = at(local, &[], false, bad);
+            assert!(e[0].starts_with("LAMBDALAKE_X_RATE_LIMIT"), "{e:?}");
+        }
     }
 
     #[test]
