@@ -179,8 +179,8 @@ pub struct Pipeline {
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     reports: std::sync::mpsc::Receiver<Report>,
     applier: Option<std::thread::JoinHandle<()>>,
-    /// At-least-once: the next offset of each partition the applier applied, to commit.
-    applied: Applied,
+    /// At-least-once only: the next offset of each partition the applier applied, to commit.
+    applied: Option<Applied>,
 }
 
 fn now_ms() -> i64 {
@@ -206,9 +206,10 @@ impl Pipeline {
         // about two micro-batches of partitions in flight: planning runs ahead of Redis, not away
         let (jobs, job_rx) = std::sync::mpsc::sync_channel(16);
         let (report_tx, reports) = std::sync::mpsc::channel();
-        let applied = Arc::new(Mutex::new(HashMap::new()));
+        let applied: Option<Applied> = (settings.delivery == Delivery::AtLeastOnce)
+            .then(|| Arc::new(Mutex::new(HashMap::new())));
         let applier = Applier {
-            applied: (settings.delivery == Delivery::AtLeastOnce).then(|| applied.clone()),
+            applied: applied.clone(),
             redis: redis.clone(),
             health: health.clone(),
             shutdown: shutdown.clone(),
@@ -910,10 +911,11 @@ impl Pipeline {
     /// At-least-once: commit the offsets the applier applied (asynchronously; a crash before the
     /// commit reads those records again).
     fn commit_applied(&self) {
-        let applied: Vec<((String, i32), i64)> = match self.applied.lock() {
-            Ok(mut a) => a.drain().collect(),
-            Err(_) => return,
+        let Some(Ok(mut pending)) = self.applied.as_ref().map(|a| a.lock()) else {
+            return; // another mode, or a poisoned lock (the applier panicked)
         };
+        let applied: Vec<((String, i32), i64)> = pending.drain().collect();
+        drop(pending);
         if applied.is_empty() {
             return;
         }
