@@ -576,6 +576,120 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
     assert_eq!(sessions.keys().filter(|(c, _)| c == "c1").count(), 2);
 }
 
+/// A card cache far smaller than the cards that pay (`--card-cache 8`, 200 cards): every view
+/// is still exact, a card's fraud history outlives its eviction (an impossible journey that
+/// spans it raises its alert), the cache stays at its bound, and a card whose newest payment is
+/// a view TTL behind the watermark leaves Redis' card states and their index.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_card_cache_smaller_than_the_cards_changes_no_view_and_no_alert() {
+    let mut s = Setup::new();
+    let port = crate::faults::free_port();
+    let mut args = s.speed_args();
+    let listen = args.iter().position(|a| a == "--listen").unwrap() + 1;
+    args[listen] = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("{}-cache.log", s.prefix));
+    s.logs.push(log.clone());
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(speed_binary())
+        .args(&args)
+        .args([
+            "--card-cache",
+            "8",
+            "--view-ttl",
+            "10m",
+            "--idle-partition-after",
+            "3s",
+        ])
+        .env("LAMBDALAKE_LOG", "info")
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap();
+    let _guard = Kill(vec![child]);
+    let t = now_ms() / 60_000 * 60_000 - 120_000;
+    let paris = |id: &str, card: &str, ts: i64| {
+        payment_json(id, card, ts, 1250, "m1", 5411, "FR", 48.85, 2.35)
+    };
+
+    // an hour-old payment (the first event: no watermark yet, so it is applied), and a card at
+    // home
+    s.send_payments(&[paris("old", "c-old", t - 60 * 60_000)])
+        .await;
+    s.wait_applied(Duration::from_secs(60));
+    s.send_payments(&[paris("home", "c-trip", t)]).await;
+    s.wait_applied(Duration::from_secs(60));
+    // 200 other cards pay twice, pushing c-trip out of the cache
+    for round in 0..2 {
+        let batch: Vec<String> = (0..200)
+            .map(|c| paris(&format!("r{round}-{c}"), &format!("c{c}"), t + 1_000 + round * 20_000 + c))
+            .collect();
+        s.send_payments(&batch).await;
+        s.wait_applied(Duration::from_secs(60));
+    }
+    // a minute after Paris, New York: only the history read back from Redis shows it
+    s.send_payments(&[payment_json(
+        "away", "c-trip", t + 60_000, 1250, "m2", 5411, "US", 40.71, -74.0,
+    )])
+    .await;
+    s.wait_applied(Duration::from_secs(60));
+
+    s.assert_views(&[], &s.payments.clone());
+    let mut con = s.con();
+    let stored: Vec<String> = con.zrange(s.keys.alerts(), 0, -1).unwrap();
+    let away = stored
+        .iter()
+        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap())
+        .find(|a| a["alert_id"] == "fraud:away")
+        .unwrap_or_else(|| panic!("no alert for the impossible journey: {stored:?}"));
+    assert!(
+        away["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&"impossible_travel".into()),
+        "{away}"
+    );
+
+    let page = crate::support::metrics_page(&format!("http://127.0.0.1:{port}")).await;
+    let value = |name: &str| -> f64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{page}"))
+    };
+    let held = value("lambdalake_speed_card_cache_cards");
+    assert!(held <= 8.0, "{held} card memories held, bound 8");
+    assert!(value("lambdalake_speed_card_cache_evictions_total") >= 190.0);
+    assert!(value("lambdalake_speed_card_cache_reads_total") >= 1.0);
+
+    // c-old's newest payment is far more than a view TTL behind the watermark: gone from the
+    // card states and the index of its partition; a card that paid just now is in both
+    let parts: Vec<i32> = s
+        .ends
+        .keys()
+        .filter(|(topic, _)| *topic == s.payment)
+        .map(|(_, p)| *p)
+        .collect();
+    let mut fresh = 0;
+    for p in parts {
+        let (states, index) = (
+            s.keys.speed_cards(&s.payment, p),
+            s.keys.speed_card_index(&s.payment, p),
+        );
+        let old: bool = con.hexists(&states, "c-old").unwrap();
+        let score: Option<f64> = con.zscore(&index, "c-old").unwrap();
+        assert!(!old && score.is_none(), "c-old still stored in {states} / {index}");
+        let trip: Option<String> = con.hget(&states, "c-trip").unwrap();
+        if let Some(trip) = trip {
+            let m: serde_json::Value = serde_json::from_str(&trip).unwrap();
+            assert_eq!(m["last"]["event_id"], "away", "{m}");
+            assert_eq!(m["history"].as_array().unwrap().len(), 2, "{m}");
+            let score: Option<f64> = con.zscore(&index, "c-trip").unwrap();
+            assert!(score.is_some(), "c-trip is not in {index}");
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1, "c-trip's state is in exactly one partition");
+}
+
 /// A generated stream: `n` events over `devices` devices and cards, event time advancing 20 ms
 /// per event with up to ±2 s of disorder, and `dup_share` exact copies re-sent a little later.
 fn stream(n: usize, keys: usize, dup_share: f64) -> (Vec<String>, Vec<String>) {

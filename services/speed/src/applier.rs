@@ -6,7 +6,7 @@
 //! before the reposition is dropped here, since it was planned from a state that was not Redis'.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +38,8 @@ pub struct Job {
     pub partition: i32,
     /// Increases at every reposition of the partition.
     pub epoch: u64,
+    /// The pipeline's sequence number of this job (increases by one per job).
+    pub seq: u64,
     pub first: i64,
     pub next: i64,
     pub invocation: redis::Cmd,
@@ -63,6 +65,9 @@ pub struct Report {
 pub type Applied = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
 pub struct Applier {
+    /// The sequence number of the last job finished (applied or dropped): a card the cache
+    /// holds from an older job may leave it, Redis has its state.
+    pub done: Arc<AtomicU64>,
     /// At-least-once: where each applied partition's next offset goes, for the pipeline to
     /// commit to Kafka.
     pub applied: Option<Applied>,
@@ -88,6 +93,7 @@ impl Applier {
         for job in jobs {
             let key = (job.topic_index, job.partition);
             if blocked.get(&key).is_some_and(|&e| job.epoch <= e) {
+                self.done.store(job.seq, Ordering::Release);
                 continue;
             }
             let mut delay = Duration::from_millis(50);
@@ -149,6 +155,7 @@ impl Applier {
                     }
                 }
             }
+            self.done.store(job.seq, Ordering::Release);
         }
     }
 

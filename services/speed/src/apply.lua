@@ -76,7 +76,7 @@ for _ = 1, num() do
   redis.call('PEXPIRE', key, ttl)
 end
 
--- 3. hash field deletes (sessions that moved, cards forgotten): key, n, fields
+-- 3. hash field deletes (sessions that moved or were absorbed): key, n, fields
 for _ = 1, num() do
   local key = nxt()
   local last = i + num()
@@ -86,7 +86,32 @@ for _ = 1, num() do
   i = last
 end
 
--- 4. alerts: key, kept, entries (score, json)
+-- 4. the card index (payments partitions): the index key ('' for none), the card-state hash,
+--    n, then n (score, card) pairs, score = the last instant the card's state matters (its
+--    newest payment or the end of its newest open session). The states whose instant is a view
+--    TTL behind the watermark leave the hash and the index, at most 1,000 per call: the speed
+--    layer's memory holds only some cards, so Redis decides what is forgotten.
+local idx, cards_key = nxt(), nxt()
+local n_idx = num()
+if n_idx > 0 then
+  local args = {}
+  for _ = 1, n_idx do
+    args[#args + 1] = nxt()
+    args[#args + 1] = nxt()
+  end
+  chunked('ZADD', idx, args)
+  redis.call('PEXPIRE', idx, ttl)
+end
+if idx ~= '' and wm then
+  local old = redis.call('ZRANGEBYSCORE', idx, '-inf', string.format('(%d', wm - ttl),
+    'LIMIT', 0, 1000)
+  if #old > 0 then
+    chunked('HDEL', cards_key, old)
+    chunked('ZREM', idx, old)
+  end
+end
+
+-- 5. alerts: key, kept, entries (score, json)
 local akey, kept = nxt(), num()
 local n_alerts = num()
 if n_alerts > 0 then
@@ -99,7 +124,7 @@ if n_alerts > 0 then
   redis.call('ZREMRANGEBYRANK', akey, 0, -(kept + 1))
 end
 
--- 5. the partition's state; dedupe sets wholly behind the watermark can no longer be needed
+-- 6. the partition's state; dedupe sets wholly behind the watermark can no longer be needed
 local function maxn(a, b)
   if a == nil then return b end
   if b == nil then return a end

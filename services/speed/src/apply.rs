@@ -87,7 +87,11 @@ pub fn run(con: &mut redis::Connection, cmd: &redis::Cmd) -> Result<Outcome, App
 pub fn invocation(keys: &Keys, target: &Target<'_>, plan: &Plan) -> Result<redis::Cmd, ApplyError> {
     // EVALSHA with the arguments in one buffer (a ScriptInvocation keeps one allocation per
     // argument and copies them all again to send)
-    let fields = plan.sensors.len() + 2 * plan.cards.len() + 2 * plan.sessions.len() + 64;
+    let fields = plan.sensors.len()
+        + 2 * plan.cards.len()
+        + 2 * plan.sessions.len()
+        + 3 * plan.card_memory.len()
+        + 64;
     let mut inv = redis::Cmd::with_capacity(2 * fields + plan.alerts.len() * 2, 200 * fields);
     inv.arg("EVALSHA").arg(SCRIPT.get_hash()).arg(0);
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
@@ -153,19 +157,13 @@ pub fn invocation(keys: &Keys, target: &Target<'_>, plan: &Plan) -> Result<redis
         }
     }
     // what each card remembers, for a restart
-    if !plan.card_memory.is_empty() || !plan.forget.is_empty() {
+    if !plan.card_memory.is_empty() {
         let key = keys.speed_cards(target.topic, target.partition);
         for (card, m) in &plan.card_memory {
             hashes
                 .entry(key.clone())
                 .or_default()
                 .push((card.clone(), m.to_json()));
-        }
-        if !plan.forget.is_empty() {
-            deletes
-                .entry(key)
-                .or_default()
-                .extend(plan.forget.iter().cloned());
         }
     }
     inv.arg(hashes.len());
@@ -180,6 +178,17 @@ pub fn invocation(keys: &Keys, target: &Target<'_>, plan: &Plan) -> Result<redis
         inv.arg(key).arg(fields.len());
         for f in fields {
             inv.arg(f);
+        }
+    }
+
+    if plan.card_memory.is_empty() {
+        inv.arg("").arg("").arg(0);
+    } else {
+        inv.arg(keys.speed_card_index(target.topic, target.partition))
+            .arg(keys.speed_cards(target.topic, target.partition))
+            .arg(plan.card_memory.len());
+        for (card, m) in &plan.card_memory {
+            inv.arg(m.matters_until()).arg(card);
         }
     }
 

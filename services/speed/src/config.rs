@@ -86,6 +86,14 @@ pub struct Config {
     #[arg(long, env = "LAMBDALAKE_SPEED_ALERTS_KEPT", default_value = "100000")]
     pub alerts_kept: NonZeroUsize,
 
+    /// Cards whose memory (open sessions, recent payments, newest score) is held in memory,
+    /// over every assigned partition. Past it, the least recently seen go (Redis keeps them,
+    /// and a card that pays again is read back): the speed layer's memory stays bounded however
+    /// many cards pay within the view TTL. 0 holds only the cards of the micro-batches in
+    /// flight.
+    #[arg(long, env = "LAMBDALAKE_SPEED_CARD_CACHE", default_value = "20000")]
+    pub card_cache: usize,
+
     /// Create the topics the speed layer reads and writes when they do not exist.
     #[arg(long, env = "LAMBDALAKE_SPEED_CREATE_TOPICS", default_value_t = true, action = ArgAction::Set)]
     pub create_topics: bool,

@@ -119,6 +119,7 @@ impl Application {
             idle_ms: millis(config.idle_partition_after),
             ttl_ms: millis(config.view_ttl),
             alerts_kept: config.alerts_kept.get(),
+            card_cache: config.card_cache,
             fraud_threshold: config.fraud_threshold,
             shutdown_timeout: config.shutdown_timeout,
             topics: [t.sensor_readings.clone(), t.payments.clone()],

@@ -3,8 +3,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, HistogramVec, IntCounterVec, IntGaugeVec, register_histogram,
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_histogram,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec,
 };
 
 /// Records consumed, by topic and outcome: `applied` (counted in the views), `duplicate` (an
@@ -165,8 +166,36 @@ pub static MODEL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Card memories (open sessions, fraud history) held in memory, over every partition; bounded
+/// by `--card-cache`.
+pub static CARD_CACHE_HELD: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "lambdalake_speed_card_cache_cards",
+        "Card memories (open sessions, fraud history) the speed layer holds in memory"
+    )
+    .expect("metric registers once")
+});
+
+/// Card memories dropped from memory to stay within `--card-cache` (Redis keeps them).
+pub static CARD_CACHE_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "lambdalake_speed_card_cache_evictions_total",
+        "Card memories dropped from memory to stay within --card-cache (Redis keeps them)"
+    )
+    .expect("metric registers once")
+});
+
+/// Card memories read from Redis because a paying card was not held.
+pub static CARD_CACHE_READS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "lambdalake_speed_card_cache_reads_total",
+        "Card memories read from Redis because a paying card was not held in memory"
+    )
+    .expect("metric registers once")
+});
+
 /// Every metric name, for the docs and the dashboard tests.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 17] = [
     "lambdalake_speed_events_total",
     "lambdalake_speed_late_events_total",
     "lambdalake_speed_lateness_seconds",
@@ -180,6 +209,10 @@ pub const NAMES: [&str; 13] = [
     "lambdalake_speed_apply_retries_total",
     "lambdalake_speed_rebalances_total",
     "lambdalake_speed_fraud_model",
+    "lambdalake_speed_resumed_records_total",
+    "lambdalake_speed_card_cache_cards",
+    "lambdalake_speed_card_cache_evictions_total",
+    "lambdalake_speed_card_cache_reads_total",
 ];
 
 /// Register every metric now, so `/metrics` lists them before the first event.
@@ -197,6 +230,10 @@ pub fn register() {
     LazyLock::force(&APPLY_RETRIES);
     LazyLock::force(&REBALANCES);
     LazyLock::force(&MODEL);
+    LazyLock::force(&RESUMED_RECORDS);
+    LazyLock::force(&CARD_CACHE_HELD);
+    LazyLock::force(&CARD_CACHE_EVICTIONS);
+    LazyLock::force(&CARD_CACHE_READS);
     // series that exist from the start at 0, so dashboards and alerts see them before the first
     // occurrence
     for reason in ["skip", "mismatch", "redis_error", "kafka_error"] {

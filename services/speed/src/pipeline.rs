@@ -9,7 +9,7 @@
 //! at-most-once (commit, then apply), which exist to be measured against it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ pub struct Settings {
     pub idle_ms: i64,
     pub ttl_ms: i64,
     pub alerts_kept: usize,
+    /// Card memories held in memory, over every partition.
+    pub card_cache: usize,
     pub fraud_threshold: f64,
     pub shutdown_timeout: Duration,
     /// [sensor topic, payment topic]
@@ -181,6 +183,10 @@ pub struct Pipeline {
     applier: Option<std::thread::JoinHandle<()>>,
     /// At-least-once only: the next offset of each partition the applier applied, to commit.
     applied: Option<Applied>,
+    /// The sequence number of the last job handed to the applier.
+    seq: u64,
+    /// The sequence number of the last job the applier finished (applied or dropped).
+    done: Arc<AtomicU64>,
 }
 
 fn now_ms() -> i64 {
@@ -208,7 +214,9 @@ impl Pipeline {
         let (report_tx, reports) = std::sync::mpsc::channel();
         let applied: Option<Applied> = (settings.delivery == Delivery::AtLeastOnce)
             .then(|| Arc::new(Mutex::new(HashMap::new())));
+        let done = Arc::new(AtomicU64::new(0));
         let applier = Applier {
+            done: done.clone(),
             applied: applied.clone(),
             redis: redis.clone(),
             health: health.clone(),
@@ -239,6 +247,8 @@ impl Pipeline {
             reports,
             applier,
             applied,
+            seq: 0,
+            done,
         }
     }
 
@@ -787,6 +797,18 @@ impl Pipeline {
                 return;
             }
         }
+        let evicted = plan::bound_card_memory(
+            &mut self.caches,
+            self.settings.card_cache,
+            self.done.load(Ordering::Acquire),
+        );
+        metrics::CARD_CACHE_EVICTIONS.inc_by(evicted as u64);
+        metrics::CARD_CACHE_HELD.set(
+            self.caches
+                .values()
+                .map(|c| c.card_memory.len() as i64)
+                .sum(),
+        );
         let slow = started.elapsed() > Duration::from_millis(100);
         if slow {
             tracing::info!(
@@ -863,8 +885,10 @@ impl Pipeline {
             alerts: plan.alerts.iter().map(|a| a.kind).collect(),
             kafka_ts: w.live.iter().filter_map(|&i| w.recs[i].kafka_ts).collect(),
         };
+        self.seq += 1;
+        let seq = self.seq;
         if let Some(cache) = self.caches.get_mut(&key) {
-            cache.commit(plan, floor, self.settings.ttl_ms);
+            cache.commit(plan, floor, self.settings.ttl_ms, seq);
         }
         let mut traces = otel::BatchTraces::default();
         for rec in &w.recs {
@@ -878,6 +902,7 @@ impl Pipeline {
             topic,
             partition: w.partition,
             epoch,
+            seq,
             first,
             next,
             invocation,
@@ -1182,12 +1207,19 @@ fn fill(
         }
     }
     if !m.card_memory.is_empty() {
+        metrics::CARD_CACHE_READS.inc_by(m.card_memory.len() as u64);
         let values: Vec<Option<String>> = FromRedisValue::from_redis_value(next()?)?;
         for (card, v) in m.card_memory.into_iter().zip(values) {
             let memory = v
                 .map(|v| plan::CardMemory::from_json(&v))
                 .unwrap_or_default();
-            cache.card_memory.insert(card, memory);
+            cache.card_memory.insert(
+                card,
+                plan::Held {
+                    memory,
+                    planned: 0,
+                },
+            );
         }
     }
     Ok(())

@@ -45,15 +45,24 @@ pub struct PartCache {
     pub restored_max_ts: Option<i64>,
     pub sensors: SensorState,
     pub cards: CardState,
-    /// Per card: its open sessions and fraud history.
-    pub card_memory: FastMap<String, CardMemory>,
-    /// Cards whose state can go from Redis (nothing open, history too old); written with the
-    /// next plan.
-    pub forget: Vec<String>,
+    /// Per card: its open sessions and fraud history, as far as held (see [`PartCache::evict`]).
+    pub card_memory: FastMap<String, Held>,
     /// Event ids counted, by event-time minute, for minutes not wholly behind the floor.
     pub seen: FastMap<i64, std::collections::HashSet<String, foldhash::fast::RandomState>>,
     /// Whether `seen` was read from Redis since the assignment.
     pub seen_loaded: bool,
+    /// Whether a card memory left for the bound (`--card-cache`) since the assignment: a card
+    /// not held may then have a stored memory even in a partition assigned without state.
+    pub evicted: bool,
+}
+
+/// A card's memory in the cache, with the job that last planned it: it may leave the cache only
+/// once that job was applied (Redis then holds the same state).
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    pub memory: CardMemory,
+    /// The pipeline's sequence number of the job that last planned the card (0: read from Redis).
+    pub planned: u64,
 }
 
 /// What the speed layer remembers of a card between batches (and stores, to read it back after
@@ -77,6 +86,14 @@ struct StoredMemory {
 }
 
 impl CardMemory {
+    /// The last instant this state matters, epoch ms: its newest payment or the end of its
+    /// newest open session. A view TTL behind the watermark, the apply script forgets it.
+    pub fn matters_until(&self) -> i64 {
+        let paid = self.history.iter().map(|(s, _)| s.ts_ms).max();
+        let open = self.sessions.iter().map(|(w, _)| w.end.millis()).max();
+        paid.max(open).unwrap_or(i64::MIN)
+    }
+
     /// `{"history": [[ts, lat, lon, event_id], …], "sessions": [StoredCard, …], "last":
     /// LatestScore | null}`, written from borrowed parts.
     pub fn to_json(&self) -> String {
@@ -146,8 +163,6 @@ pub struct Plan {
     pub sessions: Vec<SessionUpdate>,
     /// Per card: what it remembers after the batch.
     pub card_memory: Vec<(String, CardMemory)>,
-    /// Cards whose stored state goes.
-    pub forget: Vec<String>,
     pub alerts: Vec<Alert>,
     /// Events the plan counts.
     pub events: usize,
@@ -219,7 +234,7 @@ impl PartCache {
     /// The keys `readings` and `payments` touch that are neither cached nor known to be new.
     pub fn missing(&self, readings: &[&SensorReading], payments: &[&Payment]) -> Missing {
         let mut m = Missing::default();
-        if self.restored_max_ts.is_none() {
+        if self.restored_max_ts.is_none() && !self.evicted {
             return m;
         }
         for r in readings {
@@ -349,7 +364,7 @@ impl PartCache {
                         .card_memory
                         .get(card)
                         .into_iter()
-                        .flat_map(|m| &m.sessions)
+                        .flat_map(|h| &h.memory.sessions)
                     {
                         s.add(*w, a.clone());
                     }
@@ -362,7 +377,7 @@ impl PartCache {
                 order.push(card);
                 self.card_memory
                     .get(card)
-                    .map(|m| m.history.clone())
+                    .map(|h| h.memory.history.clone())
                     .unwrap_or_default()
             });
             let card_seen = seen
@@ -374,7 +389,11 @@ impl PartCache {
             let reasons = fraud::reasons(&features);
             let card_last = last
                 .entry(card)
-                .or_insert_with(|| self.card_memory.get(card).and_then(|m| m.last.clone()));
+                .or_insert_with(|| {
+                    self.card_memory
+                        .get(card)
+                        .and_then(|h| h.memory.last.clone())
+                });
             // the newest payment by event time (a tie goes to the later offset)
             if card_last.as_ref().is_none_or(|l| ts >= l.ts) {
                 *card_last = Some(LatestScore {
@@ -418,7 +437,7 @@ impl PartCache {
             let old: &[(Window, CardAgg)] = self
                 .card_memory
                 .get(card)
-                .map(|m| m.sessions.as_slice())
+                .map(|h| h.memory.sessions.as_slice())
                 .unwrap_or_default();
             let write: Vec<(Window, CardAgg)> = all
                 .iter()
@@ -446,19 +465,12 @@ impl PartCache {
                 },
             ));
         }
-        // a card forgotten and paying again keeps its new state
-        plan.forget = self
-            .forget
-            .iter()
-            .filter(|c| !plan.card_memory.iter().any(|(card, _)| card == *c))
-            .cloned()
-            .collect();
         plan
     }
 
-    /// The plan was applied: its values become the cached state; what can no longer change
-    /// (behind `floor`) is evicted.
-    pub fn commit(&mut self, plan: Plan, floor: Option<i64>, ttl_ms: i64) {
+    /// The plan was handed to the applier as job `planned`: its values become the cached state;
+    /// what can no longer change (behind `floor`) is evicted.
+    pub fn commit(&mut self, plan: Plan, floor: Option<i64>, ttl_ms: i64, planned: u64) {
         for ((view, start, device), _, agg) in plan.sensors {
             self.sensors
                 .entry(device)
@@ -468,12 +480,9 @@ impl PartCache {
         for ((start, card), _, agg) in plan.cards {
             self.cards.entry(card).or_default().insert(start, agg);
         }
-        for (card, m) in plan.card_memory {
-            self.card_memory.insert(card, m);
+        for (card, memory) in plan.card_memory {
+            self.card_memory.insert(card, Held { memory, planned });
         }
-        let memory = &self.card_memory;
-        self.forget
-            .retain(|c| !plan.forget.contains(c) && !memory.contains_key(c));
         for (m, ids) in plan.ids_by_minute {
             self.seen.entry(m).or_default().extend(ids);
         }
@@ -495,23 +504,52 @@ impl PartCache {
             !windows.is_empty()
         });
         // a session ending before the floor cannot merge with any event applied from now on; a
-        // card with no open session and a history older than the TTL is forgotten
-        let forget = &mut self.forget;
-        self.card_memory.retain(|card, m| {
-            m.sessions.retain(|(w, _)| w.end.millis() >= floor);
-            let recent = m
-                .history
-                .iter()
-                .map(|(s, _)| s.ts_ms)
-                .max()
-                .is_some_and(|newest| newest >= floor - ttl_ms);
-            let keep = !m.sessions.is_empty() || recent;
-            if !keep {
-                forget.push(card.clone());
-            }
-            keep
+        // card with no open session and no payment for a view TTL is done with (the apply
+        // script forgets its stored state by the same rule)
+        self.card_memory.retain(|_, h| {
+            h.memory.sessions.retain(|(w, _)| w.end.millis() >= floor);
+            h.memory.matters_until() >= floor - ttl_ms
         });
     }
+}
+
+/// Bound the card memories held over every partition's cache to `capacity`: once over it, the
+/// least recently planned go until a quarter of the capacity is free again (one pass per
+/// quarter, not one per card). Only a card whose last job the applier finished (`planned <=
+/// applied`) may go: Redis then holds what the cache held, and [`PartCache::missing`] reads it
+/// back when the card pays again. Returns how many went.
+pub fn bound_card_memory<K>(
+    caches: &mut HashMap<K, PartCache>,
+    capacity: usize,
+    applied: u64,
+) -> usize {
+    let held: usize = caches.values().map(|c| c.card_memory.len()).sum();
+    if held <= capacity {
+        return 0;
+    }
+    let target = capacity - capacity / 4;
+    let mut evictable: Vec<u64> = caches
+        .values()
+        .flat_map(|c| c.card_memory.values().map(|h| h.planned))
+        .filter(|&p| p <= applied)
+        .collect();
+    let go = (held - target).min(evictable.len());
+    if go == 0 {
+        return 0;
+    }
+    // the `go`-th oldest job: everything planned up to it leaves (ties may take a few more)
+    let (_, &mut threshold, _) = evictable.select_nth_unstable(go - 1);
+    let mut gone = 0;
+    for cache in caches.values_mut() {
+        let before = cache.card_memory.len();
+        cache
+            .card_memory
+            .retain(|_, h| h.planned > threshold || h.planned > applied);
+        let went = before - cache.card_memory.len();
+        cache.evicted |= went > 0;
+        gone += went;
+    }
+    gone
 }
 
 /// Keep the entries within `horizon_ms` of the newest (the newest always stays).
@@ -607,10 +645,13 @@ mod tests {
         let mut cache = PartCache::new(Some(t0));
         cache.card_memory.insert(
             "c".to_owned(),
-            CardMemory {
-                sessions: Vec::new(),
-                history: vec![(paris, "e1".to_owned())],
-                last: None,
+            Held {
+                memory: CardMemory {
+                    sessions: Vec::new(),
+                    history: vec![(paris, "e1".to_owned())],
+                    last: None,
+                },
+                planned: 0,
             },
         );
         // New York five minutes later
@@ -640,12 +681,12 @@ mod tests {
         // out of order within a batch
         let plan = cache.plan_payments(&[&newer, &older], 600_000, &reference(&p, &b));
         assert_eq!(plan.card_memory[0].1.last.as_ref().unwrap().event_id, "e2");
-        cache.commit(plan, None, 3_600_000);
+        cache.commit(plan, None, 3_600_000, 1);
         // and across batches
         let late = payment("e0", "c", t0 - 60_000, 0.0, 0.0);
         let plan = cache.plan_payments(&[&late], 600_000, &reference(&p, &b));
         assert_eq!(plan.card_memory[0].1.last.as_ref().unwrap().event_id, "e2");
-        cache.commit(plan, None, 3_600_000);
+        cache.commit(plan, None, 3_600_000, 1);
         let next = payment("e3", "c", t0 + 120_000, 0.0, 0.0);
         let plan = cache.plan_payments(&[&next], 600_000, &reference(&p, &b));
         let last = plan.card_memory[0].1.last.as_ref().unwrap();
@@ -666,7 +707,7 @@ mod tests {
         let second = payment("e2", "c", t0 + gap + 60_000, 0.0, 0.0);
         let plan = cache.plan_payments(&[&first, &second], 600_000, &reference(&p, &b));
         assert_eq!(plan.card_memory[0].1.sessions.len(), 2);
-        cache.commit(plan, None, 3_600_000);
+        cache.commit(plan, None, 3_600_000, 1);
         let bridge = payment("e3", "c", t0 + 60_000, 0.0, 0.0);
         let plan = cache.plan_payments(&[&bridge], 600_000, &reference(&p, &b));
         let u = &plan.sessions[0];
@@ -689,6 +730,63 @@ mod tests {
         // restored just before t0: the windows starting at or before it may exist
         let m = PartCache::new(Some(t0 - 1)).missing(&[&r], &[]);
         assert_eq!(m.sensors.len(), 4, "{m:?}"); // 4 sliding windows start before t0
+    }
+
+    #[test]
+    fn the_card_bound_drops_the_least_recently_planned_and_only_what_was_applied() {
+        let mut caches: HashMap<(usize, i32), PartCache> = HashMap::new();
+        for (i, planned) in (1..=10u64).enumerate() {
+            let cache = caches.entry((1, (i % 2) as i32)).or_default();
+            let memory = CardMemory::default();
+            cache
+                .card_memory
+                .insert(format!("c{planned}"), Held { memory, planned });
+        }
+        let held = |caches: &HashMap<(usize, i32), PartCache>| -> BTreeSet<String> {
+            caches
+                .values()
+                .flat_map(|c| c.card_memory.keys().cloned())
+                .collect()
+        };
+        // within the bound: nothing goes
+        assert_eq!(bound_card_memory(&mut caches, 10, 10), 0);
+        // over it, but the applier finished only jobs 1..=4: those go, nothing newer
+        assert_eq!(bound_card_memory(&mut caches, 4, 4), 4);
+        assert_eq!(held(&caches).len(), 6);
+        assert!(!held(&caches).contains("c4") && held(&caches).contains("c5"));
+        // a partition assigned without state now reads the cards it does not hold
+        let cache = caches.get(&(1, 0)).unwrap();
+        assert!(cache.evicted && cache.restored_max_ts.is_none());
+        let p = payment("e", "c2", 1_764_064_800_000, 0.0, 0.0);
+        let missing = cache.missing(&[], &[&p]);
+        assert_eq!(missing.card_memory, BTreeSet::from(["c2".to_owned()]));
+        assert!(missing.cards.is_empty(), "windows are not evicted: none to read");
+        // all applied: down to three quarters of the bound, oldest first
+        assert_eq!(bound_card_memory(&mut caches, 4, 10), 3);
+        assert_eq!(
+            held(&caches),
+            BTreeSet::from(["c8", "c9", "c10"].map(str::to_owned))
+        );
+        // a bound of 0 keeps only what is in flight
+        assert_eq!(bound_card_memory(&mut caches, 0, 9), 2);
+        assert_eq!(held(&caches), BTreeSet::from(["c10".to_owned()]));
+    }
+
+    #[test]
+    fn a_card_matters_until_its_newest_payment_or_open_session_end() {
+        let t0 = 1_764_064_800_000;
+        let seen = |ts_ms| (Seen { ts_ms, lat: 0.0, lon: 0.0 }, "e".to_owned());
+        let mut m = CardMemory::default();
+        assert_eq!(m.matters_until(), i64::MIN);
+        m.history = vec![seen(t0 + 5_000), seen(t0 + 9_000), seen(t0 + 7_000)];
+        assert_eq!(m.matters_until(), t0 + 9_000);
+        let w = Window {
+            start: lambdalake_events::EventTime::from_millis_unchecked(t0 + 8_000),
+            end: lambdalake_events::EventTime::from_millis_unchecked(t0 + 20_000),
+        };
+        let p = payment("e", "c", t0 + 8_000, 0.0, 0.0);
+        m.sessions = vec![(w, CardAgg::of(&p))];
+        assert_eq!(m.matters_until(), t0 + 20_000);
     }
 
     #[test]

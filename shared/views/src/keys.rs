@@ -14,6 +14,7 @@
 //! | `{p}:v:card:1m:{start}` | hash | field `{card}` → [`StoredCard`] |
 //! | `{p}:v:card:session:{minute_ms}` | hash | field `{card}` → [`StoredCard`]: the card's session starting in the minute that starts at `minute_ms` (sessions are 30 min apart, so one per card) |
 //! | `{p}:speed:cards:{topic}:{partition}` | hash | field `{card}` → the speed layer's state of a card: its recent payments (fraud history), open sessions and the score of its newest payment (`"last"`: [`LatestScore`]), read back on assignment; the serving layer's risk endpoint reads `last` |
+//! | `{p}:speed:card-index:{topic}:{partition}` | zset | member `{card}`, score = the last instant its state in `{p}:speed:cards:…` matters (its newest payment or the end of its newest open session): a card whose score falls a view TTL behind the watermark leaves both keys |
 //! | `{p}:speed:part:{topic}:{partition}` | hash | `offset` (next to apply), `max_ts`, `watermark`, `updated_ms` |
 //! | `{p}:speed:seen:{topic}:{partition}:{n}` | string | event ids applied with an event time in minute `n` (= ts ÷ 60,000), each followed by `\n` (dedupe) |
 //! | `{p}:speed:seen:{topic}:{partition}` | zset | the minutes that have a dedupe string |
@@ -121,6 +122,12 @@ impl Keys {
     /// The speed layer's per-card state of one payments partition (field = card id).
     pub fn speed_cards(&self, topic: &str, partition: i32) -> String {
         format!("{}:speed:cards:{topic}:{partition}", self.prefix)
+    }
+
+    /// The index of [`Keys::speed_cards`]: card → the last instant its state matters (the
+    /// apply script forgets the cards whose instant is a view TTL behind the watermark).
+    pub fn speed_card_index(&self, topic: &str, partition: i32) -> String {
+        format!("{}:speed:card-index:{topic}:{partition}", self.prefix)
     }
 
     /// The speed layer's stored state of one partition (next offset, watermark).
