@@ -12,17 +12,18 @@
 # recipe changes); it is not needed for the layers to work.
 
 FROM rust:1.95-bookworm AS chef
-# librdkafka is built from its bundled source (rdkafka features libz + tokio, no cmake): its
-# configure script needs bash, make, gcc and g++; libz-sys finds zlib's headers through
-# pkg-config; aws-lc-sys (rustls) builds with cc. rust:*-bookworm (buildpack-deps) ships all of
+# librdkafka is built from its bundled source (rdkafka features libz + ssl + tokio, no cmake): its
+# configure script needs bash, make, gcc and g++; libz-sys and openssl-sys find zlib's and
+# OpenSSL's headers through pkg-config; aws-lc-sys (rustls) builds with cc. rust:*-bookworm (buildpack-deps) ships all of
 # them; install whatever a different base would lack rather than fail halfway through the build.
 RUN set -eux; \
     missing=""; \
     for tool in make gcc g++ perl pkg-config; do command -v "$tool" >/dev/null || missing="$missing $tool"; done; \
     [ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"; \
+    [ -f /usr/include/openssl/ssl.h ] || missing="$missing libssl-dev"; \
     if [ -n "$missing" ]; then \
       apt-get update; \
-      apt-get install -y --no-install-recommends make gcc g++ perl pkg-config zlib1g-dev; \
+      apt-get install -y --no-install-recommends make gcc g++ perl pkg-config zlib1g-dev libssl-dev; \
       rm -rf /var/lib/apt/lists/*; \
     fi; \
     cargo install --locked cargo-chef --version 0.1.78
@@ -52,10 +53,11 @@ RUN --mount=type=cache,id=lambdalake-cargo-registry,target=/usr/local/cargo/regi
 
 FROM debian:bookworm-20250929-slim AS runtime
 
-# ca-certificates for TLS (S3, Kafka over SSL), curl for the compose health checks
+# ca-certificates for TLS (S3, Kafka over SSL), libssl3 for librdkafka (Kafka TLS and SASL), curl
+# for the compose health checks
 RUN set -eux; \
     apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates curl; \
+    apt-get install -y --no-install-recommends ca-certificates libssl3 curl; \
     rm -rf /var/lib/apt/lists/*; \
     groupadd --system --gid 10001 lambdalake; \
     useradd --system --uid 10001 --gid lambdalake --home-dir /var/lib/lambdalake --create-home \

@@ -845,7 +845,7 @@ pub(crate) fn wait_port(port: u16, what: &str) {
     }
 }
 
-fn nisshi() -> PathBuf {
+pub(crate) fn nisshi() -> PathBuf {
     let cache = PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/lambdalake");
     std::fs::read_dir(&cache)
         .expect("~/.cache/lambdalake (infra/local/stack up builds the broker)")

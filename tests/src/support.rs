@@ -89,7 +89,7 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-fn kafka_args() -> KafkaArgs {
+pub fn kafka_args() -> KafkaArgs {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
@@ -101,7 +101,17 @@ fn kafka_args() -> KafkaArgs {
 /// Read `topic` from the beginning of every partition until `expected` records arrived, then
 /// keep reading `settle` longer to catch any record too many.
 pub fn read_topic(topic: &str, expected: usize, settle: Duration) -> Vec<Record> {
-    let config: ClientConfig = consumer_config(&kafka_args(), &unique("it-reader"));
+    read_topic_on(&kafka_args(), topic, expected, settle)
+}
+
+/// [`read_topic`] from the cluster `kafka` names.
+pub fn read_topic_on(
+    kafka: &KafkaArgs,
+    topic: &str,
+    expected: usize,
+    settle: Duration,
+) -> Vec<Record> {
+    let config: ClientConfig = consumer_config(kafka, &unique("it-reader"));
     let consumer: BaseConsumer = config.create().expect("consumer");
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))

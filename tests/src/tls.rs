@@ -1,6 +1,8 @@
-//! TLS to the stores, against real servers: a Redis with only a TLS port and a PostgreSQL with
-//! `ssl=on`, both with a certificate from a private CA made here with `openssl`. The services
-//! trust it through the standard `SSL_CERT_FILE`; without it they refuse the server.
+//! TLS to the stores and the broker, against real servers: a Redis with only a TLS port, a
+//! PostgreSQL with `ssl=on` and a nisshi broker whose listener speaks only TLS, each with a
+//! certificate from a private CA made here with `openssl`. The services trust it through the
+//! standard `SSL_CERT_FILE` (Redis, PostgreSQL) or `--kafka-ssl-ca-location` (Kafka); without it
+//! they refuse the server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use crate::faults::{free_port, initdb, pg_bin, pg_ctl, start_args, wait_port};
+use crate::faults::{free_port, initdb, nisshi, pg_bin, pg_ctl, start_args, wait_port};
 use crate::speed::{Kill, Setup, now_ms, sensor_json};
 use crate::support::unique;
 
@@ -252,4 +254,109 @@ impl Drop for PgStop {
             &["-m", "immediate", "stop"].map(str::to_owned),
         );
     }
+}
+
+/// Kafka over TLS: ingest produces to a broker whose listener speaks only TLS, and a consumer
+/// built by `consumer_config` (the one the speed layer, the lakehouse and the archiver use)
+/// reads every event back, both trusting the test's CA through `--kafka-ssl-ca-location`. A
+/// client without the CA, or in plaintext, gets no metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_consumers_talk_tls_to_the_broker() {
+    use lambdalake_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+    let dir = std::env::temp_dir().join(unique("ll-kafka-tls"));
+    std::fs::create_dir_all(dir.join("broker")).unwrap();
+    certificates(&dir);
+    let ca = dir.join("ca.crt");
+    let port = free_port();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let log = dir.join("broker.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let broker = Command::new(nisshi())
+        .current_dir(dir.join("broker"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["broker", "--cluster-id", "lambdalake-tls"])
+        .args(["--listener-url", &listener])
+        .args(["--advertised-listener-url", &listener])
+        .args(["--storage-engine", "memory://nisshi/"])
+        .args(["--cert", dir.join("server.crt").to_str().unwrap()])
+        .args(["--key", dir.join("server.key").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start nisshi");
+    let _broker = Kill(vec![broker]);
+    wait_port(port, "the TLS broker");
+    let brokers = format!("127.0.0.1:{port}");
+    let ca_arg = ca.to_str().unwrap().to_owned();
+    let ingest = crate::support::Ingest::start(&[
+        "--kafka-brokers",
+        &brokers,
+        "--kafka-security-protocol",
+        "ssl",
+        "--kafka-ssl-ca-location",
+        &ca_arg,
+    ])
+    .await;
+    let t = now_ms() - 1_000;
+    let body: String = (0..20)
+        .map(|i| {
+            let reading = sensor_json(&format!("ktls-{i}"), "d-ktls", t + i, 21.0, 1.0);
+            reading + "\n"
+        })
+        .collect();
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/sensor-readings", ingest.url))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert!(
+        status.is_success(),
+        "{status}: {text}; broker log: {}",
+        log_of(&log)
+    );
+
+    let mut kafka = crate::support::kafka_args();
+    kafka.brokers = brokers;
+    kafka.security_protocol = lambdalake_kafka::SecurityProtocol::Ssl;
+    kafka.ssl_ca_location = Some(ca.clone());
+    let topic = ingest.sensor_topic.clone();
+    let records = tokio::task::block_in_place(|| {
+        crate::support::read_topic_on(&kafka, &topic, 20, Duration::from_millis(500))
+    });
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r.value["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("ktls-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    ingest.stop().await;
+
+    // without the CA, and in plaintext, the broker is out of reach
+    for (protocol, trusted) in [
+        (lambdalake_kafka::SecurityProtocol::Ssl, None),
+        (lambdalake_kafka::SecurityProtocol::Plaintext, None),
+    ] {
+        kafka.security_protocol = protocol;
+        kafka.ssl_ca_location = trusted;
+        let consumer: BaseConsumer = lambdalake_kafka::consumer_config(&kafka, &unique("it-tls"))
+            .create()
+            .unwrap();
+        let metadata = tokio::task::block_in_place(|| {
+            consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))
+        });
+        assert!(
+            metadata.is_err(),
+            "{} without the CA reached the TLS listener",
+            protocol.as_str()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
