@@ -28,11 +28,23 @@ use crate::windows::{
 };
 
 /// The gold tables, the latest versions read at most every `ttl`.
+///
+/// Memory stays bounded under concurrent queries: one request at a time reloads a stale latest
+/// version (the others wait for it and use it: without this, every request arriving while the
+/// cached version is stale loaded its own copy of the table's log), and at most
+/// [`SCANS_AT_ONCE`] scans decode Parquet at once (the rest queue).
 pub struct Reader {
     location: Option<Location>,
     ttl: Duration,
     latest: Mutex<HashMap<Table, Latest>>,
+    reload: tokio::sync::Mutex<()>,
+    scans: tokio::sync::Semaphore,
+    /// Table loads so far (every version, latest or not).
+    loads: std::sync::atomic::AtomicU64,
 }
+
+/// Lakehouse scans running at once; each decodes the Parquet row groups its filter cannot skip.
+pub const SCANS_AT_ONCE: usize = 2;
 
 /// (read at, the table, when its version was committed).
 type Latest = (Instant, DeltaTable, Option<i64>);
@@ -59,7 +71,15 @@ impl Reader {
             location,
             ttl,
             latest: Mutex::new(HashMap::new()),
+            reload: tokio::sync::Mutex::new(()),
+            scans: tokio::sync::Semaphore::new(SCANS_AT_ONCE),
+            loads: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Table loads so far: each replays the table's log from its last checkpoint.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `table` at `at`: the cached latest version when fresh enough.
@@ -68,16 +88,32 @@ impl Reader {
             .location
             .as_ref()
             .ok_or_else(|| ReadError::Unavailable("no lakehouse tables configured".to_owned()))?;
-        if at == At::Latest
-            && let Some((read_at, t, committed)) = self
-                .latest
+        let cached = || {
+            self.latest
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&table)
-            && read_at.elapsed() < self.ttl
+                .filter(|(read_at, _, _)| read_at.elapsed() < self.ttl)
+                .map(|(_, t, committed)| (t.clone(), *committed))
+        };
+        if at == At::Latest
+            && let Some(hit) = cached()
         {
-            return Ok((t.clone(), *committed));
+            return Ok(hit);
         }
+        // one reload at a time; a request that waited uses what the one before it loaded
+        let _reloading = match at {
+            At::Latest => {
+                let guard = self.reload.lock().await;
+                if let Some(hit) = cached() {
+                    return Ok(hit);
+                }
+                Some(guard)
+            }
+            _ => None,
+        };
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let loaded = location.load(table, at).await;
         let t = match loaded {
             Ok(t) => t,
@@ -137,6 +173,7 @@ impl Reader {
             .and(col("start_ms").gt_eq(lit(range.from_ms)))
             .and(col("start_ms").lt(lit(range.to_ms)));
         let batches = scan(
+            &self.scans,
             &t,
             table,
             filter,
@@ -195,7 +232,7 @@ impl Reader {
             col("ts_ms").sort(false, false),
             col("alert_id").sort(true, false),
         ];
-        let batches = scan(&t, table, filter, sort, Some(limit)).await?;
+        let batches = scan(&self.scans, &t, table, filter, sort, Some(limit)).await?;
         let mut out = Vec::new();
         for b in &batches {
             // strings may come back as Utf8 or Utf8View depending on the reader: cast to one
@@ -288,6 +325,7 @@ impl Reader {
 
 /// The rows of `t` (a version of `table`) matching `filter`, in `sort` order, at most `limit`.
 async fn scan(
+    scans: &tokio::sync::Semaphore,
     t: &DeltaTable,
     table: Table,
     filter: Expr,
@@ -295,6 +333,10 @@ async fn scan(
     limit: Option<usize>,
 ) -> Result<Vec<RecordBatch>, ReadError> {
     let unavailable = |e: String| ReadError::Unavailable(format!("{}: {e}", table.name()));
+    let _permit = scans
+        .acquire()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
     let ctx = SessionContext::new();
     t.update_datafusion_session(&ctx.state())
         .map_err(|e| unavailable(e.to_string()))?;
@@ -425,4 +467,60 @@ pub fn info(read: Option<&Read>) -> (BatchInfo, SpeedInfo) {
             freshness_ms: read.and_then(|r| r.committed_ms.map(|c| (now - c).max(0))),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_arriving_together_share_one_load_of_a_stale_table() {
+        let dir = std::env::temp_dir().join(format!(
+            "ll-reader-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let location = Location::parse(dir.to_str().unwrap()).unwrap();
+        location.open(Table::GoldSensorWindows, 10).await.unwrap();
+        let reader = Arc::new(Reader::new(Some(location), Duration::from_secs(600)));
+        let range = Range {
+            from_ms: 0,
+            to_ms: 3_600_000,
+        };
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (reader, range) = (reader.clone(), range.clone());
+                tokio::spawn(async move {
+                    reader
+                        .windows(
+                            Table::GoldSensorWindows,
+                            "device_id",
+                            &format!("d{i}"),
+                            &range,
+                            At::Latest,
+                        )
+                        .await
+                        .map(|r| r.batches.iter().map(|b| b.num_rows()).sum::<usize>())
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().ok(), Some(0));
+        }
+        assert_eq!(reader.loads(), 1, "one load for 16 requests");
+        // a version asked for is loaded on its own
+        let read = reader
+            .windows(Table::GoldSensorWindows, "device_id", "d0", &range, At::Version(0))
+            .await
+            .ok()
+            .map(|r| r.version);
+        assert_eq!(read, Some(0));
+        assert_eq!(reader.loads(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
