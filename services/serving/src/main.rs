@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use lambdalake_serving::{Application, Config};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The system allocator, not mimalloc: under the bench, serving's live heap peaked at 24 MiB
+// (heaptrack) while mimalloc's per-thread heaps held its RSS at 344 MiB; glibc's stayed at 155 MiB.
 
 #[tokio::main]
 #[allow(clippy::print_stderr, reason = "reports a logger that cannot start")]
