@@ -64,6 +64,10 @@ RUN set -eux; \
       --shell /usr/sbin/nologin lambdalake
 
 COPY --from=builder /out/bin/ /usr/local/bin/
+# glibc's malloc (ingest, batch, serving, lakehouse) with two arenas rather than one per thread, up
+# to 8 per core, each keeping what it freed: serving's peak RSS under the bench went from 166 to
+# 133 MiB. Speed and loadgen use mimalloc and ignore it.
+ENV MALLOC_ARENA_MAX=2
 
 # relative defaults (data/master, data/lakehouse) land in the user's writable home
 WORKDIR /var/lib/lambdalake

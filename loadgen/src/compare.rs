@@ -256,6 +256,11 @@ impl Stack {
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let mut cmd = Command::new(&bin);
+        // as the image runs them (Dockerfile): glibc's malloc with two arenas, not one per thread
+        // up to 8 per core, each keeping what it freed (serving's peak: 166 → 133 MiB)
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            cmd.env("MALLOC_ARENA_MAX", "2");
+        }
         cmd.envs(s.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

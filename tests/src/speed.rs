@@ -621,14 +621,28 @@ async fn a_card_cache_smaller_than_the_cards_changes_no_view_and_no_alert() {
     // 200 other cards pay twice, pushing c-trip out of the cache
     for round in 0..2 {
         let batch: Vec<String> = (0..200)
-            .map(|c| paris(&format!("r{round}-{c}"), &format!("c{c}"), t + 1_000 + round * 20_000 + c))
+            .map(|c| {
+                paris(
+                    &format!("r{round}-{c}"),
+                    &format!("c{c}"),
+                    t + 1_000 + round * 20_000 + c,
+                )
+            })
             .collect();
         s.send_payments(&batch).await;
         s.wait_applied(Duration::from_secs(60));
     }
     // a minute after Paris, New York: only the history read back from Redis shows it
     s.send_payments(&[payment_json(
-        "away", "c-trip", t + 60_000, 1250, "m2", 5411, "US", 40.71, -74.0,
+        "away",
+        "c-trip",
+        t + 60_000,
+        1250,
+        "m2",
+        5411,
+        "US",
+        40.71,
+        -74.0,
     )])
     .await;
     s.wait_applied(Duration::from_secs(60));
@@ -676,7 +690,10 @@ async fn a_card_cache_smaller_than_the_cards_changes_no_view_and_no_alert() {
         );
         let old: bool = con.hexists(&states, "c-old").unwrap();
         let score: Option<f64> = con.zscore(&index, "c-old").unwrap();
-        assert!(!old && score.is_none(), "c-old still stored in {states} / {index}");
+        assert!(
+            !old && score.is_none(),
+            "c-old still stored in {states} / {index}"
+        );
         let trip: Option<String> = con.hget(&states, "c-trip").unwrap();
         if let Some(trip) = trip {
             let m: serde_json::Value = serde_json::from_str(&trip).unwrap();

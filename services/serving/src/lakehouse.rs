@@ -515,7 +515,13 @@ mod tests {
         assert_eq!(reader.loads(), 1, "one load for 16 requests");
         // a version asked for is loaded on its own
         let read = reader
-            .windows(Table::GoldSensorWindows, "device_id", "d0", &range, At::Version(0))
+            .windows(
+                Table::GoldSensorWindows,
+                "device_id",
+                "d0",
+                &range,
+                At::Version(0),
+            )
             .await
             .ok()
             .map(|r| r.version);

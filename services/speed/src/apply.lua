@@ -33,6 +33,16 @@ local function chunked(cmd, key, list, extra)
   return out
 end
 
+-- n (score, member) pairs from ARGV, added to the sorted set `key`
+local function zadd_pairs(key, n)
+  local args = {}
+  for _ = 1, n do
+    args[#args + 1] = nxt()
+    args[#args + 1] = nxt()
+  end
+  chunked('ZADD', key, args)
+end
+
 local part = nxt()
 local first = num()
 local next_off = num()
@@ -94,12 +104,7 @@ end
 local idx, cards_key = nxt(), nxt()
 local n_idx = num()
 if n_idx > 0 then
-  local args = {}
-  for _ = 1, n_idx do
-    args[#args + 1] = nxt()
-    args[#args + 1] = nxt()
-  end
-  chunked('ZADD', idx, args)
+  zadd_pairs(idx, n_idx)
   redis.call('PEXPIRE', idx, ttl)
 end
 if idx ~= '' and wm then
@@ -115,12 +120,7 @@ end
 local akey, kept = nxt(), num()
 local n_alerts = num()
 if n_alerts > 0 then
-  local args = {}
-  for _ = 1, n_alerts do
-    args[#args + 1] = nxt()
-    args[#args + 1] = nxt()
-  end
-  chunked('ZADD', akey, args)
+  zadd_pairs(akey, n_alerts)
   redis.call('ZREMRANGEBYRANK', akey, 0, -(kept + 1))
 end
 

@@ -1213,13 +1213,9 @@ fn fill(
             let memory = v
                 .map(|v| plan::CardMemory::from_json(&v))
                 .unwrap_or_default();
-            cache.card_memory.insert(
-                card,
-                plan::Held {
-                    memory,
-                    planned: 0,
-                },
-            );
+            cache
+                .card_memory
+                .insert(card, plan::Held { memory, planned: 0 });
         }
     }
     Ok(())

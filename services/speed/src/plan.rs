@@ -387,13 +387,11 @@ impl PartCache {
             let features = fraud::features(p, card_seen, profile);
             let score = fraud::score(&features, reference.model);
             let reasons = fraud::reasons(&features);
-            let card_last = last
-                .entry(card)
-                .or_insert_with(|| {
-                    self.card_memory
-                        .get(card)
-                        .and_then(|h| h.memory.last.clone())
-                });
+            let card_last = last.entry(card).or_insert_with(|| {
+                self.card_memory
+                    .get(card)
+                    .and_then(|h| h.memory.last.clone())
+            });
             // the newest payment by event time (a tie goes to the later offset)
             if card_last.as_ref().is_none_or(|l| ts >= l.ts) {
                 *card_last = Some(LatestScore {
@@ -760,7 +758,10 @@ mod tests {
         let p = payment("e", "c2", 1_764_064_800_000, 0.0, 0.0);
         let missing = cache.missing(&[], &[&p]);
         assert_eq!(missing.card_memory, BTreeSet::from(["c2".to_owned()]));
-        assert!(missing.cards.is_empty(), "windows are not evicted: none to read");
+        assert!(
+            missing.cards.is_empty(),
+            "windows are not evicted: none to read"
+        );
         // all applied: down to three quarters of the bound, oldest first
         assert_eq!(bound_card_memory(&mut caches, 4, 10), 3);
         assert_eq!(
@@ -775,7 +776,16 @@ mod tests {
     #[test]
     fn a_card_matters_until_its_newest_payment_or_open_session_end() {
         let t0 = 1_764_064_800_000;
-        let seen = |ts_ms| (Seen { ts_ms, lat: 0.0, lon: 0.0 }, "e".to_owned());
+        let seen = |ts_ms| {
+            (
+                Seen {
+                    ts_ms,
+                    lat: 0.0,
+                    lon: 0.0,
+                },
+                "e".to_owned(),
+            )
+        };
         let mut m = CardMemory::default();
         assert_eq!(m.matters_until(), i64::MIN);
         m.history = vec![seen(t0 + 5_000), seen(t0 + 9_000), seen(t0 + 7_000)];
