@@ -994,8 +994,9 @@ async fn api_keys_and_a_rate_limit_guard_the_api_not_the_page() {
         &[
             "--api-key",
             "sv-key-41d0,sv-key-83aa",
+            // a token every 5 s: none comes back while the test spends the burst
             "--rate-limit",
-            "1",
+            "0.2",
             "--rate-limit-burst",
             "2",
         ],
