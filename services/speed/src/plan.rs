@@ -45,7 +45,7 @@ pub struct PartCache {
     pub restored_max_ts: Option<i64>,
     pub sensors: SensorState,
     pub cards: CardState,
-    /// Per card: its open sessions and fraud history, as far as held (see [`PartCache::evict`]).
+    /// Per card: its open sessions and fraud history, as far as held (see [`bound_card_memory`]).
     pub card_memory: FastMap<String, Held>,
     /// Event ids counted, by event-time minute, for minutes not wholly behind the floor.
     pub seen: FastMap<i64, std::collections::HashSet<String, foldhash::fast::RandomState>>,
