@@ -155,10 +155,23 @@ impl Setup {
 
     /// Start one `lambdalake-speed` process in consumer group `group`.
     fn spawn_in(&mut self, group: &str, extra: &[&str]) -> Child {
+        let args = self.args_in(&self.redis_url, group);
+        self.launch(args, extra)
+    }
+
+    /// Start one `lambdalake-speed` process whose operations endpoints listen on `port`.
+    pub(crate) fn spawn_listening(&mut self, port: u16, extra: &[&str]) -> Child {
+        let mut args = self.args_in(&self.redis_url, &self.group);
+        let listen = args.iter().position(|a| a == "--listen").expect("--listen") + 1;
+        args[listen] = format!("127.0.0.1:{port}");
+        self.launch(args, extra)
+    }
+
+    fn launch(&mut self, args: Vec<String>, extra: &[&str]) -> Child {
         let log = std::env::temp_dir().join(format!("{}-{}.log", self.prefix, self.logs.len()));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(speed_binary());
-        cmd.args(self.args_in(&self.redis_url, group))
+        cmd.args(args)
             .args(self.broker_args())
             .args(extra)
             .env("LAMBDALAKE_LOG", "info")
@@ -166,6 +179,18 @@ impl Setup {
             .stderr(Stdio::from(file));
         self.logs.push(log);
         cmd.spawn().expect("start lambdalake-speed")
+    }
+
+    /// The alert stored in Redis with `alert_id`, if any.
+    pub(crate) fn alert(&self, alert_id: &str) -> Option<serde_json::Value> {
+        let stored: Vec<String> = self
+            .con()
+            .zrange(self.keys.alerts(), 0, -1)
+            .expect("zrange");
+        stored
+            .iter()
+            .map(|a| serde_json::from_str::<serde_json::Value>(a).expect("alert json"))
+            .find(|a| a["alert_id"] == alert_id)
     }
 
     /// Produce raw records (key, value) to `topic` and wait for the acknowledgements.
@@ -514,11 +539,8 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
     )])
     .await;
     s.wait_applied(Duration::from_secs(30));
-    let stored: Vec<String> = con.zrange(s.keys.alerts(), 0, -1).unwrap();
-    let p7 = stored
-        .iter()
-        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap())
-        .find(|a| a["alert_id"] == "fraud:p7")
+    let p7 = s
+        .alert("fraud:p7")
         .expect("the new model scores p7 over the threshold");
     assert_eq!(p7["model_version"], "it-model-7");
 
@@ -542,11 +564,8 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
     )])
     .await;
     s.wait_applied(Duration::from_secs(30));
-    let stored: Vec<String> = con.zrange(s.keys.alerts(), 0, -1).unwrap();
-    let p8 = stored
-        .iter()
-        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap())
-        .find(|a| a["alert_id"] == "fraud:p8")
+    let p8 = s
+        .alert("fraud:p8")
         .expect("the profile makes p8 an amount spike in a new country");
     assert_eq!(p8["model_version"], "rules");
     assert_eq!(p8["features"]["new_country"], true);
@@ -584,27 +603,17 @@ async fn views_are_exact_with_out_of_order_late_and_duplicate_events() {
 async fn a_card_cache_smaller_than_the_cards_changes_no_view_and_no_alert() {
     let mut s = Setup::new();
     let port = crate::faults::free_port();
-    let mut args = s.speed_args();
-    let listen = args.iter().position(|a| a == "--listen").unwrap() + 1;
-    args[listen] = format!("127.0.0.1:{port}");
-    let log = std::env::temp_dir().join(format!("{}-cache.log", s.prefix));
-    s.logs.push(log.clone());
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(speed_binary())
-        .args(&args)
-        .args([
+    let child = s.spawn_listening(
+        port,
+        &[
             "--card-cache",
             "8",
             "--view-ttl",
             "10m",
             "--idle-partition-after",
             "3s",
-        ])
-        .env("LAMBDALAKE_LOG", "info")
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .unwrap();
+        ],
+    );
     let _guard = Kill(vec![child]);
     let t = now_ms() / 60_000 * 60_000 - 120_000;
     let paris = |id: &str, card: &str, ts: i64| {
@@ -648,13 +657,9 @@ async fn a_card_cache_smaller_than_the_cards_changes_no_view_and_no_alert() {
     s.wait_applied(Duration::from_secs(60));
 
     s.assert_views(&[], &s.payments.clone());
-    let mut con = s.con();
-    let stored: Vec<String> = con.zrange(s.keys.alerts(), 0, -1).unwrap();
-    let away = stored
-        .iter()
-        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap())
-        .find(|a| a["alert_id"] == "fraud:away")
-        .unwrap_or_else(|| panic!("no alert for the impossible journey: {stored:?}"));
+    let away = s
+        .alert("fraud:away")
+        .expect("an alert for the impossible journey");
     assert!(
         away["reasons"]
             .as_array()
@@ -682,6 +687,7 @@ async fn a_card_cache_smaller_than_the_cards_changes_no_view_and_no_alert() {
         .filter(|(topic, _)| *topic == s.payment)
         .map(|(_, p)| *p)
         .collect();
+    let mut con = s.con();
     let mut fresh = 0;
     for p in parts {
         let (states, index) = (
