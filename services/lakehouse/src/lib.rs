@@ -5,7 +5,6 @@
 
 pub mod bench;
 mod config;
-pub mod history;
 pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
