@@ -38,7 +38,8 @@ pub struct Config {
     )]
     pub group: String,
 
-    /// Micro-batch trigger: a batch is committed this long after the previous one...
+    /// Micro-batch trigger: a batch starts this long after the previous one started (as Spark's
+    /// ProcessingTime trigger: when a batch takes longer, the next starts as soon as it ends)...
     #[arg(long, env = "LAMBDALAKE_LAKEHOUSE_TRIGGER", value_parser = humantime::parse_duration, default_value = "1s")]
     pub trigger: Duration,
 

@@ -5,6 +5,7 @@
 
 pub mod bench;
 mod config;
+pub mod history;
 pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec,
-    register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
 
 use crate::tables::Table;
@@ -41,6 +41,39 @@ pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Time spent in each step of a micro-batch that is not a commit, and in the whole micro-batch:
+/// `micro_batch` (from the trigger to the last commit), `card_history` (the fraud scorer's reads
+/// of the cards' earlier payments), `dedupe_lookup` (event ids of older minutes read from
+/// silver), `gold_repair` (events silver holds and a gold table missed, after a crash).
+pub static STEP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "lambdalake_lakehouse_step_duration_seconds",
+        "Time of one micro-batch, and of its steps that read tables rather than commit",
+        &["step"],
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Cards whose recent payments the fraud scorer holds (`crate::history`).
+pub static HISTORY_CARDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "lambdalake_lakehouse_card_history_cards",
+        "Cards (per partition) whose recent payments the fraud scorer holds in memory"
+    )
+    .expect("metric registers once")
+});
+
+/// The steps of [`STEP_SECONDS`].
+pub const STEPS: [&str; 4] = [
+    "micro_batch",
+    "card_history",
+    "dedupe_lookup",
+    "gold_repair",
+];
 
 /// Records not written to silver, by topic and reason (`duplicate`, `invalid`).
 pub static DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -84,8 +117,10 @@ pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 /// Every metric name, so a test can check `/metrics` shows them all.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 9] = [
     "lambdalake_lakehouse_consumer_lag",
+    "lambdalake_lakehouse_card_history_cards",
+    "lambdalake_lakehouse_step_duration_seconds",
     "lambdalake_lakehouse_rows_total",
     "lambdalake_lakehouse_commits_total",
     "lambdalake_lakehouse_commit_duration_seconds",
@@ -97,6 +132,7 @@ pub const NAMES: [&str; 7] = [
 /// Register every metric, with its series at 0.
 pub fn register() {
     LazyLock::force(&CONSUMER_LAG);
+    LazyLock::force(&HISTORY_CARDS);
     for t in Table::ALL {
         ROWS.with_label_values(&[t.name()]);
         COMMIT_SECONDS.with_label_values(&[t.name()]);
@@ -104,6 +140,9 @@ pub fn register() {
         for o in ["ok", "conflict", "error"] {
             COMMITS.with_label_values(&[t.name(), o]);
         }
+    }
+    for s in STEPS {
+        STEP_SECONDS.with_label_values(&[s]);
     }
     for op in ["optimize", "vacuum"] {
         for o in ["ok", "error"] {

@@ -44,6 +44,7 @@ use lambdalake_views::table::{self, Keyed};
 use lambdalake_views::{CardAgg, SensorAgg, WindowSpec};
 use tokio::runtime::Handle;
 
+use crate::history::CardHistory;
 use crate::metrics;
 use crate::tables::{Kind, Location, Table, app_id, stored_offsets};
 
@@ -330,11 +331,7 @@ struct Fresh {
     event: Parsed,
 }
 
-/// The card history a payment's fraud features see: the card's earlier payments (by offset in
-/// its partition) within this much event time before it. Enough for every feature: recent
-/// payments reach back 10 minutes, and a previous payment more than a day before cannot imply
-/// an impossible speed (half the Earth's circumference in 24 h is under 900 km/h).
-pub const HISTORY_MS: i64 = 24 * 3_600_000;
+pub use crate::history::HISTORY_MS;
 
 /// The event ids of recent minutes, per event kind: what silver holds for them.
 #[derive(Default)]
@@ -380,6 +377,7 @@ pub struct Pipeline {
     parts: HashMap<(String, i32), Part>,
     buffer: Vec<Record>,
     seen: HashMap<Kind, Seen>,
+    history: CardHistory,
     shutdown: CancellationToken,
     policy: Policy,
     last_optimize: Instant,
@@ -416,6 +414,7 @@ impl Pipeline {
             parts: HashMap::new(),
             buffer: Vec::new(),
             seen: HashMap::new(),
+            history: CardHistory::default(),
             shutdown,
             policy: Policy::stored(),
             last_optimize: Instant::now(),
@@ -435,7 +434,9 @@ impl Pipeline {
         self.consumer
             .subscribe(&topics)
             .map_err(PipelineError::Subscribe)?;
-        let mut last_batch = Instant::now();
+        // as Spark's ProcessingTime trigger: a micro-batch every `trigger` from the start of the
+        // previous one; one that took longer is followed at once
+        let mut next_batch = Instant::now() + self.settings.trigger;
         let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
             let polled = self.consumer.poll(Duration::from_millis(50)).map(|r| {
@@ -456,10 +457,11 @@ impl Pipeline {
                 Some(Ok(r)) => self.take(r),
             }
             if self.buffer.len() >= self.settings.max_rows
-                || (!self.buffer.is_empty() && last_batch.elapsed() >= self.settings.trigger)
+                || (!self.buffer.is_empty() && Instant::now() >= next_batch)
             {
+                let started = Instant::now();
                 self.micro_batch();
-                last_batch = Instant::now();
+                next_batch = started + self.settings.trigger;
             }
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 self.report_lag();
@@ -537,6 +539,7 @@ impl Pipeline {
                     // event ids (the partitions owned changed)
                     self.refresh_tables();
                     self.seen.clear();
+                    self.history.clear();
                 }
             }
         }
@@ -600,10 +603,14 @@ impl Pipeline {
             return;
         }
         let start = std::time::SystemTime::now();
+        let t0 = Instant::now();
         let result = {
             let handle = self.handle.clone();
             handle.block_on(self.commit(&records))
         };
+        metrics::STEP_SECONDS
+            .with_label_values(&["micro_batch"])
+            .observe(t0.elapsed().as_secs_f64());
         // the commit, as a span in each trace the records carry (tracing on)
         let mut traces = otel::BatchTraces::default();
         for parent in records.iter().filter_map(|r| r.trace.as_ref()) {
@@ -663,6 +670,7 @@ impl Pipeline {
         self.buffer.clear();
         self.refresh_tables();
         self.seen.clear();
+        self.history.clear();
         if !self.settings.delivery.fenced() {
             let mut tpl = TopicPartitionList::new();
             for (topic, p) in self.parts.keys() {
@@ -890,6 +898,8 @@ impl Pipeline {
                 }
             }
             let mut events = Vec::new();
+            let t0 = Instant::now();
+            let repairing = !ranges.is_empty();
             for (p, from, to) in ranges {
                 let rows = self
                     .query_coordinates(
@@ -916,6 +926,11 @@ impl Pipeline {
                         });
                     }
                 }
+            }
+            if repairing {
+                metrics::STEP_SECONDS
+                    .with_label_values(&["gold_repair"])
+                    .observe(t0.elapsed().as_secs_f64());
             }
             recovered.push((gold, events));
         }
@@ -1050,11 +1065,11 @@ impl Pipeline {
 
     /// The fraud score of each payment of `events`, from the card's history in silver: its
     /// payments in the same partition at lower offsets within [`HISTORY_MS`] — the order the
-    /// stream delivered them in, so the answer is the same after any crash. No card profile or
-    /// model is trained in the lakehouse: the shared rules score (`model_version` `rules`).
-    async fn score(&self, events: &[Fresh]) -> Result<Vec<Scored>, BatchError> {
-        use deltalake_core::datafusion::prelude::{col, lit};
-        let payments: Vec<(&Fresh, &Payment)> = events
+    /// stream delivered them in, so the answer is the same after any crash. The histories come
+    /// from [`CardHistory`], which reads silver only for what it does not hold. No card profile
+    /// or model is trained in the lakehouse: the shared rules score (`model_version` `rules`).
+    async fn score(&mut self, events: &[Fresh]) -> Result<Vec<Scored>, BatchError> {
+        let mut payments: Vec<(&Fresh, &Payment)> = events
             .iter()
             .filter_map(|f| match &f.event {
                 Parsed::Payment(p) => Some((f, p)),
@@ -1064,106 +1079,187 @@ impl Pipeline {
         let Some(min_ts) = payments.iter().map(|(_, p)| p.ts.millis()).min() else {
             return Ok(Vec::new());
         };
-        let cards: BTreeSet<&str> = payments.iter().map(|(_, p)| p.card_id.as_str()).collect();
-        let cards: Vec<&str> = cards.into_iter().collect();
+        // in stream order: each payment is added to its card's history once scored
+        payments.sort_by_key(|(f, _)| (f.partition, f.offset));
+        let t0 = Instant::now();
+        if !self.history.loaded() {
+            self.load_card_history(min_ts - HISTORY_MS).await?;
+        }
+        // what the memory cannot answer (late payments, a card's first after a long silence) is
+        // read from silver, per card
+        let unknown: Vec<(&str, i32, i64)> = payments
+            .iter()
+            .filter(|(f, p)| {
+                !self
+                    .history
+                    .knows(p.card_id.as_str(), f.partition, f.offset, p.ts.millis())
+            })
+            .map(|(f, p)| (p.card_id.as_str(), f.partition, p.ts.millis()))
+            .collect();
+        if let Some(floor) = unknown.iter().map(|u| u.2 - HISTORY_MS).min() {
+            let cards: BTreeSet<&str> = unknown.iter().map(|u| u.0).collect();
+            let mut rows = self.card_rows(&cards, floor).await?;
+            let keys: BTreeSet<(&str, i32)> = unknown.iter().map(|u| (u.0, u.1)).collect();
+            for (card, partition) in keys {
+                let read = rows
+                    .remove(&(card.to_owned(), partition))
+                    .unwrap_or_default();
+                self.history.load_card(card, partition, floor, read);
+            }
+        }
+        metrics::STEP_SECONDS
+            .with_label_values(&["card_history"])
+            .observe(t0.elapsed().as_secs_f64());
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out = Vec::with_capacity(payments.len());
+        for (f, p) in payments {
+            let (card, ts) = (p.card_id.as_str(), p.ts.millis());
+            let seen = self
+                .history
+                .before(card, f.partition, f.offset, ts)
+                .ok_or_else(|| {
+                    BatchError::Other(format!(
+                        "card history of {card} in partition {} not known after reading it",
+                        f.partition
+                    ))
+                })?;
+            let features = lambdalake_views::fraud::features(p, &seen, None);
+            let score = lambdalake_views::fraud::score(&features, None);
+            self.history.add(
+                card,
+                f.partition,
+                f.offset,
+                lambdalake_views::fraud::Seen::from(p),
+            );
+            out.push(Scored {
+                payment: p.clone(),
+                reasons: lambdalake_views::fraud::reasons(&features),
+                features,
+                score,
+                at_ms: now,
+            });
+        }
+        self.history.compact();
+        metrics::HISTORY_CARDS.set(self.history.len() as i64);
+        Ok(out)
+    }
+
+    /// Read every card history of the owned payment partitions with an event time of at least
+    /// `floor` from silver into [`CardHistory`], in one streamed scan.
+    async fn load_card_history(&mut self, floor: i64) -> Result<(), BatchError> {
+        use deltalake_core::datafusion::prelude::{col, lit};
+        use futures::StreamExt as _;
+        let parts: Vec<i32> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.kind == Kind::Payment)
+            .map(|(k, _)| k.1)
+            .collect();
+        self.history.begin_load(floor);
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let err = |e: String| BatchError::Other(format!("silver_payments: card histories: {e}"));
+        let t = &self.tables[&Table::SilverPayments];
+        let ctx = SessionContext::new();
+        t.update_datafusion_session(&ctx.state())
+            .map_err(|e| err(e.to_string()))?;
+        let provider = t.table_provider().await.map_err(|e| err(e.to_string()))?;
+        let mut stream = ctx
+            .read_table(provider)
+            .and_then(|df| {
+                df.filter(col("ts_ms").gt_eq(lit(floor)).and(
+                    col("kafka_partition").in_list(parts.iter().map(|p| lit(*p)).collect(), false),
+                ))
+            })
+            .and_then(|df| {
+                df.select_columns(&[
+                    "card_id",
+                    "kafka_partition",
+                    "kafka_offset",
+                    "ts_ms",
+                    "lat",
+                    "lon",
+                ])
+            })
+            .map_err(|e| err(e.to_string()))?
+            .execute_stream()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut rows = 0usize;
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|e| err(e.to_string()))?;
+            rows += b.num_rows();
+            let history = &mut self.history;
+            history_rows(&b, |card, partition, offset, seen| {
+                history.load(card, partition, offset, seen)
+            })?;
+        }
+        self.history.compact();
+        metrics::HISTORY_CARDS.set(self.history.len() as i64);
+        tracing::info!(
+            payments = rows,
+            cards = self.history.len(),
+            seconds = t0.elapsed().as_secs_f64(),
+            "card histories loaded from silver"
+        );
+        Ok(())
+    }
+
+    /// The payments of `cards` in silver with an event time of at least `floor`, per (card,
+    /// partition): (offset, payment).
+    async fn card_rows(
+        &self,
+        cards: &BTreeSet<&str>,
+        floor: i64,
+    ) -> Result<HashMap<(String, i32), Vec<(i64, lambdalake_views::fraud::Seen)>>, BatchError> {
+        use deltalake_core::datafusion::prelude::{col, lit};
+        let cards: Vec<&str> = cards.iter().copied().collect();
         let t = &self.tables[&Table::SilverPayments];
         let err = |e: String| BatchError::Other(format!("silver_payments: card history: {e}"));
         let ctx = SessionContext::new();
         t.update_datafusion_session(&ctx.state())
             .map_err(|e| err(e.to_string()))?;
         let provider = t.table_provider().await.map_err(|e| err(e.to_string()))?;
+        let mut out: HashMap<(String, i32), Vec<(i64, lambdalake_views::fraud::Seen)>> =
+            HashMap::new();
         // a bounded IN list per query: file pruning turns the list into a chain of ORs that is
         // walked recursively, and a micro-batch catching up a backlog holds tens of thousands of
         // cards (a list that long overflowed the pipeline thread's stack)
-        let mut batches = Vec::new();
         for chunk in cards.chunks(CARDS_PER_HISTORY_QUERY) {
-            batches.extend(
-                ctx.read_table(provider.clone())
-                    .and_then(|df| {
-                        df.filter(
-                            col("card_id")
-                                .in_list(chunk.iter().map(|c| lit(*c)).collect(), false)
-                                .and(col("ts_ms").gt_eq(lit(min_ts - HISTORY_MS))),
-                        )
-                    })
-                    .and_then(|df| {
-                        df.select_columns(&[
-                            "card_id",
-                            "kafka_partition",
-                            "kafka_offset",
-                            "ts_ms",
-                            "lat",
-                            "lon",
-                        ])
-                    })
-                    .map_err(|e| err(e.to_string()))?
-                    .collect()
-                    .await
-                    .map_err(|e| err(e.to_string()))?,
-            );
-        }
-        // (card, partition) → (offset, seen)
-        let mut history: HashMap<(String, i32), Vec<(i64, lambdalake_views::fraud::Seen)>> =
-            HashMap::new();
-        for b in &batches {
-            let card = string_column(b.column(0))?;
-            let ints = |i: usize| {
-                b.column(i)
-                    .as_any()
-                    .downcast_ref::<Int32Array>()
-                    .ok_or_else(|| err("expected an int column".to_owned()))
-            };
-            let longs = |i: usize| {
-                b.column(i)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| err("expected a bigint column".to_owned()))
-            };
-            let doubles = |i: usize| {
-                b.column(i)
-                    .as_any()
-                    .downcast_ref::<Float64Array>()
-                    .ok_or_else(|| err("expected a double column".to_owned()))
-            };
-            let (part, off, ts, lat, lon) =
-                (ints(1)?, longs(2)?, longs(3)?, doubles(4)?, doubles(5)?);
-            for i in 0..b.num_rows() {
-                history
-                    .entry((card.value(i).to_owned(), part.value(i)))
-                    .or_default()
-                    .push((
-                        off.value(i),
-                        lambdalake_views::fraud::Seen {
-                            ts_ms: ts.value(i),
-                            lat: lat.value(i),
-                            lon: lon.value(i),
-                        },
-                    ));
+            let batches = ctx
+                .read_table(provider.clone())
+                .and_then(|df| {
+                    df.filter(
+                        col("card_id")
+                            .in_list(chunk.iter().map(|c| lit(*c)).collect(), false)
+                            .and(col("ts_ms").gt_eq(lit(floor))),
+                    )
+                })
+                .and_then(|df| {
+                    df.select_columns(&[
+                        "card_id",
+                        "kafka_partition",
+                        "kafka_offset",
+                        "ts_ms",
+                        "lat",
+                        "lon",
+                    ])
+                })
+                .map_err(|e| err(e.to_string()))?
+                .collect()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            for b in &batches {
+                history_rows(b, |card, partition, offset, seen| {
+                    out.entry((card.to_owned(), partition))
+                        .or_default()
+                        .push((offset, seen))
+                })?;
             }
         }
-        let now = chrono::Utc::now().timestamp_millis();
-        Ok(payments
-            .into_iter()
-            .map(|(f, p)| {
-                let ts = p.ts.millis();
-                let seen: Vec<lambdalake_views::fraud::Seen> = history
-                    .get(&(p.card_id.as_str().to_owned(), f.partition))
-                    .into_iter()
-                    .flatten()
-                    .filter(|(o, s)| *o < f.offset && s.ts_ms >= ts - HISTORY_MS)
-                    .map(|(_, s)| *s)
-                    .collect();
-                let features = lambdalake_views::fraud::features(p, &seen, None);
-                let score = lambdalake_views::fraud::score(&features, None);
-                Scored {
-                    payment: p.clone(),
-                    reasons: lambdalake_views::fraud::reasons(&features),
-                    features,
-                    score,
-                    at_ms: now,
-                }
-            })
-            .collect())
+        Ok(out)
     }
 
     /// The alerts of `events`: payments scored at or above the threshold, readings past the
@@ -1229,7 +1325,14 @@ impl Pipeline {
     /// Make sure the ids silver holds for `minutes` are in memory.
     async fn load_seen(&mut self, kind: Kind, minutes: &BTreeSet<i64>) -> Result<(), BatchError> {
         let silver = kind.silver();
-        if self.seen.get(&kind).is_none_or(|s| s.empty_after.is_none()) {
+        let t0 = Instant::now();
+        let observe = || {
+            metrics::STEP_SECONDS
+                .with_label_values(&["dedupe_lookup"])
+                .observe(t0.elapsed().as_secs_f64())
+        };
+        let read_max = self.seen.get(&kind).is_none_or(|s| s.empty_after.is_none());
+        if read_max {
             let max = self
                 .query_i64(silver, "select max(minute_ms) from t")
                 .await?;
@@ -1249,6 +1352,9 @@ impl Pipeline {
             seen.loaded.insert(m);
         }
         if to_read.is_empty() {
+            if read_max {
+                observe();
+            }
             return Ok(());
         }
         let list = to_read
@@ -1272,6 +1378,7 @@ impl Pipeline {
         for m in to_read {
             seen.loaded.insert(m);
         }
+        observe();
         Ok(())
     }
 
@@ -1550,6 +1657,48 @@ fn greatest(c: &str) -> String {
 }
 
 /// A string column as plain UTF-8 (DataFusion may read strings as views or dictionaries).
+/// Each row of a card-history read (`card_id, kafka_partition, kafka_offset, ts_ms, lat, lon`).
+fn history_rows(
+    b: &RecordBatch,
+    mut each: impl FnMut(&str, i32, i64, lambdalake_views::fraud::Seen),
+) -> Result<(), BatchError> {
+    let err =
+        |what: &str| BatchError::Other(format!("silver_payments: card history: expected {what}"));
+    let card = string_column(b.column(0))?;
+    let ints = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| err("an int column"))
+    };
+    let longs = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| err("a bigint column"))
+    };
+    let doubles = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| err("a double column"))
+    };
+    let (part, off, ts, lat, lon) = (ints(1)?, longs(2)?, longs(3)?, doubles(4)?, doubles(5)?);
+    for i in 0..b.num_rows() {
+        each(
+            card.value(i),
+            part.value(i),
+            off.value(i),
+            lambdalake_views::fraud::Seen {
+                ts_ms: ts.value(i),
+                lat: lat.value(i),
+                lon: lon.value(i),
+            },
+        );
+    }
+    Ok(())
+}
+
 fn string_column(a: &ArrayRef) -> Result<StringArray, BatchError> {
     let cast = deltalake_core::arrow::compute::cast(a, &ArrowType::Utf8)
         .map_err(|e| BatchError::Other(format!("expected a string column: {e}")))?;
