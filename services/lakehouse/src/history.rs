@@ -392,6 +392,41 @@ mod tests {
         }
     }
 
+    /// A full load made during a micro-batch reads the batch's own payments from silver. Here the
+    /// load prunes the card (64 rows) and a late payment of the batch, loaded after, becomes the
+    /// newest one below the held range: it must not stand for the payments before it.
+    #[test]
+    fn a_load_that_reads_the_batch_itself_never_answers_with_a_later_payment() {
+        let t0 = 1_000_000_000_000;
+        let min = 60_000;
+        let mut rows: Vec<(i64, Seen)> = (0..62).map(|o| (o, seen(t0 + o * 1000, o))).collect();
+        // the batch: P (offset 62), the card's newest payment (63), a late one (64)
+        let p = (62, seen(t0 + 56 * min, 62));
+        rows.push(p);
+        rows.push((63, seen(t0 + 60 * min, 63)));
+        rows.push((64, seen(t0 + 62_000, 64)));
+        let floor = p.1.ts_ms - HISTORY_MS;
+        let mut h = CardHistory::default();
+        h.begin_load(floor);
+        for (o, s) in &rows {
+            h.load("a", 0, *o, *s);
+        }
+        assert!(
+            !h.knows("a", 0, p.0, p.1.ts_ms),
+            "the newest payment below the held range is the batch's late one, after P"
+        );
+        h.load_card("a", 0, floor, rows.iter().copied());
+        let got = h
+            .before("a", 0, p.0, p.1.ts_ms)
+            .expect("known after the read");
+        let expected: Vec<Seen> = truth(&rows, p.0, p.1.ts_ms)
+            .iter()
+            .map(|(t, o)| seen(*t, *o))
+            .collect();
+        assert_eq!(summary(&got, p.1.ts_ms), summary(&expected, p.1.ts_ms));
+        assert_eq!(summary(&got, p.1.ts_ms).1.map(|n| n.0), Some(t0 + 61_000));
+    }
+
     #[test]
     fn a_card_silent_for_a_day_is_forgotten_and_still_answered() {
         let mut h = CardHistory::default();
