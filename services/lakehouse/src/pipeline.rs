@@ -435,26 +435,16 @@ impl Pipeline {
             .subscribe(&topics)
             .map_err(PipelineError::Subscribe)?;
         // as Spark's ProcessingTime trigger: a micro-batch every `trigger` from the start of the
-        // previous one; one that took longer is followed at once
+        // previous one; one that took longer is followed at once, by a batch of everything that
+        // arrived meanwhile
         let mut next_batch = Instant::now() + self.settings.trigger;
         let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
-            let polled = self.consumer.poll(Duration::from_millis(50)).map(|r| {
-                r.map(|m| Record {
-                    topic: m.topic().to_owned(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                    kafka_ts: m.timestamp().to_millis(),
-                    trace: lambdalake_kafka::parent_of(&m),
-                })
-            });
-            self.handle_changes();
-            match polled {
-                None => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                Some(Ok(r)) => self.take(r),
+            self.poll(Duration::from_millis(50));
+            if !self.buffer.is_empty() && Instant::now() >= next_batch {
+                // what the consumer has already fetched belongs to this batch: without this, a
+                // batch that overran the trigger would be followed by batches of one record each
+                while self.buffer.len() < self.settings.max_rows && self.poll(Duration::ZERO) {}
             }
             if self.buffer.len() >= self.settings.max_rows
                 || (!self.buffer.is_empty() && Instant::now() >= next_batch)
@@ -549,6 +539,34 @@ impl Pipeline {
         for (t, table) in &mut self.tables {
             if let Err(e) = self.handle.block_on(table.update_state()) {
                 tracing::warn!(table = t.name(), error = %e, "cannot refresh the table");
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for one record and buffer it; apply the assignment changes the poll
+    /// delivered. Whether a record came.
+    fn poll(&mut self, timeout: Duration) -> bool {
+        let polled = self.consumer.poll(timeout).map(|r| {
+            r.map(|m| Record {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().unwrap_or_default().to_vec(),
+                kafka_ts: m.timestamp().to_millis(),
+                trace: lambdalake_kafka::parent_of(&m),
+            })
+        });
+        self.handle_changes();
+        match polled {
+            None => false,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                false
+            }
+            Some(Ok(r)) => {
+                self.take(r);
+                true
             }
         }
     }
