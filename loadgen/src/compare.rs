@@ -392,19 +392,37 @@ struct Freshness {
     hist: HashMap<&'static str, Histogram<u64>>,
     recovered: HashMap<&'static str, f64>,
     unseen: HashMap<&'static str, u64>,
+    /// Per path, each probe seen in the load phase: (acknowledged, latency, time of the query
+    /// that saw it).
+    seen: HashMap<&'static str, Vec<(Instant, Duration, Duration)>>,
 }
 
 impl Freshness {
-    fn record(&mut self, path: &'static str, p: &Probe, now: Instant) {
+    /// The probes still to be seen in `path`.
+    fn pending(&mut self, path: &str) -> &mut Vec<Probe> {
+        match path {
+            "speed" => &mut self.speed,
+            "lakehouse" => &mut self.lake,
+            _ => &mut self.batch,
+        }
+    }
+
+    /// `p` was seen in `path` at `now`, by a query that took `query`.
+    fn record(&mut self, path: &'static str, p: &Probe, now: Instant, query: Duration) {
         if let Some(kill) = p.kill {
             self.recovered
                 .insert(path, now.duration_since(kill).as_secs_f64());
         } else if p.in_load_phase {
+            let latency = now.duration_since(p.acked);
             self.hist
                 .entry(path)
                 .or_insert_with(|| Histogram::new(3).expect("histogram"))
-                .record(now.duration_since(p.acked).as_micros() as u64)
+                .record(latency.as_micros() as u64)
                 .ok();
+            self.seen
+                .entry(path)
+                .or_default()
+                .push((p.acked, latency, query));
         }
     }
 }
@@ -499,96 +517,100 @@ async fn send_probe(
     })
 }
 
-/// Poll the pending probes: speed every 50 ms, gold every 100 ms, batch on each new version.
-async fn poll_probes(sh: Arc<Shared>) {
-    let mut round = 0u64;
+/// Give up the probes of `path` not seen within `timeout` (counted as never seen).
+fn expire(sh: &Shared, path: &'static str, timeout: Duration) {
+    let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let f = &mut *f;
+    let list = f.pending(path);
+    let before = list.len();
+    list.retain(|p| now.duration_since(p.acked) < timeout);
+    let gone = (before - list.len()) as u64;
+    *f.unseen.entry(path).or_default() += gone;
+}
+
+/// Poll the pending probes of the speed path (`api` `lambda`) or of gold (`lakehouse`) every
+/// `every`, the oldest first. Each path is polled by its own task, so a slow answer in one path
+/// never delays the measurement of another.
+async fn poll_path(sh: Arc<Shared>, path: &'static str, api: &'static str, every: Duration) {
+    while !sh.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        expire(&sh, path, sh.probe_timeout);
+        let pending = {
+            let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
+            // a bounded number per round: the queries must not load the server they measure
+            f.pending(path)
+                .iter()
+                .take(PROBES_PER_ROUND)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let seen: Vec<(String, Instant, Duration)> = futures::stream::iter(pending)
+            .map(|p| {
+                let sh = sh.clone();
+                async move {
+                    let asked = Instant::now();
+                    let v = windows(
+                        &sh,
+                        api,
+                        "sensors",
+                        &p.device,
+                        p.window_ms,
+                        p.window_ms + MINUTE_MS,
+                    )
+                    .await?;
+                    let at = Instant::now();
+                    (!served_windows(&v).is_empty()).then(|| (p.device, at, at - asked))
+                }
+            })
+            .buffer_unordered(16)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        for (device, at, query) in seen {
+            let list = f.pending(path);
+            if let Some(i) = list.iter().position(|p| p.device == device) {
+                let p = list.remove(i);
+                f.record(path, &p, at, query);
+            }
+        }
+    }
+}
+
+/// Poll the batch path: when a new batch version is published, the pending probes its cutoff
+/// covers (in a task of its own: a version covers dozens of probes at once).
+async fn poll_batch(sh: Arc<Shared>) {
     let mut batch_version: Option<i64> = None;
     while !sh.stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        round += 1;
-        {
-            // probes never seen within their timeout: given up (counted)
-            let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let f = &mut *f;
-            for (path, list, timeout) in [
-                ("speed", &mut f.speed, sh.probe_timeout),
-                ("lakehouse", &mut f.lake, sh.probe_timeout),
-                ("batch", &mut f.batch, sh.batch_probe_timeout),
-            ] {
-                let before = list.len();
-                list.retain(|p| now.duration_since(p.acked) < timeout);
-                *f.unseen.entry(path).or_default() += (before - list.len()) as u64;
-            }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        expire(&sh, "batch", sh.batch_probe_timeout);
+        let Ok(o) = get_json(&sh.http, &format!("{}/v1/overview", sh.serving)).await else {
+            continue;
+        };
+        let version = o["batch"]["version"].as_i64();
+        let cutoff = o["batch"]["cutoff"]
+            .as_str()
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .map(|c| c.timestamp_millis());
+        if version.is_none() || version == batch_version {
+            continue;
         }
-        for (path, api, every) in [("speed", "lambda", 1), ("lakehouse", "lakehouse", 2)] {
-            if !round.is_multiple_of(every) {
-                continue;
-            }
-            let pending = {
-                let f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-                // the oldest first, a bounded number per round (the queries must not load the
-                // server they measure)
-                let list = if path == "speed" { &f.speed } else { &f.lake };
-                list.iter()
-                    .take(PROBES_PER_ROUND)
-                    .cloned()
-                    .collect::<Vec<_>>()
-            };
-            let seen: Vec<(String, Instant)> = futures::stream::iter(pending)
-                .map(|p| {
-                    let sh = sh.clone();
-                    async move {
-                        let v = windows(
-                            &sh,
-                            api,
-                            "sensors",
-                            &p.device,
-                            p.window_ms,
-                            p.window_ms + MINUTE_MS,
-                        )
-                        .await?;
-                        (!served_windows(&v).is_empty()).then(|| (p.device, Instant::now()))
-                    }
-                })
-                .buffer_unordered(16)
-                .filter_map(|x| async move { x })
+        batch_version = version;
+        let covered: Vec<Probe> = {
+            let f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
+            f.batch
+                .iter()
+                .filter(|p| cutoff.is_some_and(|c| p.window_ms + MINUTE_MS <= c))
+                .cloned()
                 .collect()
-                .await;
-            let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-            for (device, at) in seen {
-                let list = if path == "speed" {
-                    &mut f.speed
-                } else {
-                    &mut f.lake
-                };
-                if let Some(i) = list.iter().position(|p| p.device == device) {
-                    let p = list.remove(i);
-                    f.record(path, &p, at);
-                }
-            }
-        }
-        // batch: when a new version is published, the probes its cutoff covers
-        if round.is_multiple_of(5)
-            && let Ok(o) = get_json(&sh.http, &format!("{}/v1/overview", sh.serving)).await
-        {
-            let version = o["batch"]["version"].as_i64();
-            let cutoff = o["batch"]["cutoff"]
-                .as_str()
-                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
-                .map(|c| c.timestamp_millis());
-            if version.is_some() && version != batch_version {
-                batch_version = version;
-                let covered: Vec<Probe> = {
-                    let f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-                    f.batch
-                        .iter()
-                        .filter(|p| cutoff.is_some_and(|c| p.window_ms + MINUTE_MS <= c))
-                        .cloned()
-                        .collect()
-                };
-                for p in covered {
-                    let Some(v) = windows(
+        };
+        let seen: Vec<(String, Instant, Duration)> = futures::stream::iter(covered)
+            .map(|p| {
+                let sh = sh.clone();
+                async move {
+                    let asked = Instant::now();
+                    let v = windows(
                         &sh,
                         "lambda",
                         "sensors",
@@ -596,21 +618,23 @@ async fn poll_probes(sh: Arc<Shared>) {
                         p.window_ms,
                         p.window_ms + MINUTE_MS,
                     )
-                    .await
-                    else {
-                        continue;
-                    };
-                    if served_windows(&v)
+                    .await?;
+                    let at = Instant::now();
+                    served_windows(&v)
                         .first()
                         .is_some_and(|w| w["source"] == "batch")
-                    {
-                        let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(i) = f.batch.iter().position(|q| q.device == p.device) {
-                            let p = f.batch.remove(i);
-                            f.record("batch", &p, Instant::now());
-                        }
-                    }
+                        .then(|| (p.device, at, at - asked))
                 }
+            })
+            .buffer_unordered(PROBES_PER_ROUND)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        for (device, at, query) in seen {
+            if let Some(i) = f.batch.iter().position(|q| q.device == device) {
+                let p = f.batch.remove(i);
+                f.record("batch", &p, at, query);
             }
         }
     }
@@ -624,6 +648,9 @@ pub struct Check {
     pub batch_version: Option<i64>,
     pub lambda: Score,
     pub lakehouse: Score,
+    /// The wrong windows (key, window, expected and served), the first few.
+    pub lambda_wrong: Vec<String>,
+    pub lakehouse_wrong: Vec<String>,
 }
 
 async fn check(sh: &Arc<Shared>, keys: usize, settle: Duration, label: &str) -> Check {
@@ -665,7 +692,13 @@ async fn check(sh: &Arc<Shared>, keys: usize, settle: Duration, label: &str) -> 
     let now = Instant::now();
     let t = sh.truth.lock().unwrap_or_else(|e| e.into_inner());
     let (mut lambda, mut lake) = (Score::default(), Score::default());
+    let (mut lambda_wrong, mut lake_wrong) = (Vec::new(), Vec::new());
     for (api, kind, key, v) in answers {
+        let wrong = if api == "lambda" {
+            &mut lambda_wrong
+        } else {
+            &mut lake_wrong
+        };
         let served = v.as_ref().map(served_windows).unwrap_or_default();
         if api == "lambda" && version.is_none() {
             version = v.as_ref().and_then(|v| v["batch"]["version"].as_i64());
@@ -680,6 +713,7 @@ async fn check(sh: &Arc<Shared>, keys: usize, settle: Duration, label: &str) -> 
                 to,
                 &served,
                 truth::sensor_exact,
+                wrong,
             )
         } else {
             truth::judge(
@@ -690,10 +724,14 @@ async fn check(sh: &Arc<Shared>, keys: usize, settle: Duration, label: &str) -> 
                 to,
                 &served,
                 truth::card_exact,
+                wrong,
             )
         };
         if v.is_none() {
             // no answer: every judged window of the key is wrong
+            if s.exact > 0 {
+                wrong.push(format!("{kind}/{key}: no answer"));
+            }
             s.exact = 0;
         }
         if api == "lambda" {
@@ -709,8 +747,24 @@ async fn check(sh: &Arc<Shared>, keys: usize, settle: Duration, label: &str) -> 
         batch_version: version,
         lambda,
         lakehouse: lake,
+        lambda_wrong: first(lambda_wrong),
+        lakehouse_wrong: first(lake_wrong),
     }
 }
+
+/// The first [`WRONG_LISTED`] wrong windows, sorted, and how many more there were.
+fn first(mut wrong: Vec<String>) -> Vec<String> {
+    wrong.sort();
+    let more = wrong.len().saturating_sub(WRONG_LISTED);
+    wrong.truncate(WRONG_LISTED);
+    if more > 0 {
+        wrong.push(format!("… and {more} more"));
+    }
+    wrong
+}
+
+/// Most wrong windows a check names per architecture.
+const WRONG_LISTED: usize = 20;
 
 /// The fraud alerts of one path: the payments' event ids, paging by event time.
 async fn flagged(sh: &Shared, api_path: &str, since_ms: i64, until_ms: i64) -> HashSet<String> {
@@ -1211,7 +1265,21 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
         let mut generator = Generator::new(spec.clone());
         tokio::spawn(async move { sender.run(&mut generator, load_for, &stop_load, true).await })
     };
-    let poller = tokio::spawn(poll_probes(sh.clone()));
+    let pollers = [
+        tokio::spawn(poll_path(
+            sh.clone(),
+            "speed",
+            "lambda",
+            Duration::from_millis(50),
+        )),
+        tokio::spawn(poll_path(
+            sh.clone(),
+            "lakehouse",
+            "lakehouse",
+            Duration::from_millis(100),
+        )),
+        tokio::spawn(poll_batch(sh.clone())),
+    ];
     let sampler_task = tokio::spawn(sampler(
         sh.clone(),
         metric_urls.clone(),
@@ -1373,6 +1441,12 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
         100.0 * after.lambda.share(),
         100.0 * after.lakehouse.share()
     );
+    for w in after.lambda_wrong.iter() {
+        eprintln!("bench: Lambda wrong: {w}");
+    }
+    for w in after.lakehouse_wrong.iter() {
+        eprintln!("bench: Lakehouse wrong: {w}");
+    }
     checks.push(after);
 
     // 5. the rest of the figures
@@ -1392,7 +1466,9 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
         ("Lakehouse (gold)", truth::detection(&lake_flagged, &fraud)),
     ];
     sh.stop.store(true, Ordering::Relaxed);
-    poller.await?;
+    for p in pollers {
+        p.await?;
+    }
     probes.await?;
     let series = sampler_task.await?;
     let fresh = std::mem::take(&mut *sh.fresh.lock().unwrap_or_else(|e| e.into_inner()));
@@ -1413,6 +1489,19 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
             percentiles: h.map(truth::percentiles).unwrap_or_default(),
             never_seen: pending as u64 + fresh.unseen.get(path).copied().unwrap_or(0),
             cdf: h.map(report::cdf).unwrap_or_default(),
+            probes: fresh
+                .seen
+                .get(path)
+                .map(|v| {
+                    v.iter()
+                        .map(|(acked, latency, query)| report::ProbeSeen {
+                            acked_s: acked.saturating_duration_since(sh.started).as_secs_f64(),
+                            latency_ms: latency.as_secs_f64() * 1e3,
+                            query_ms: query.as_secs_f64() * 1e3,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     let mut processes = Vec::new();

@@ -34,6 +34,20 @@ pub struct FreshnessRow {
     pub never_seen: u64,
     /// (latency ms, share of probes at or below it), for the chart.
     pub cdf: Vec<(f64, f64)>,
+    /// Each probe seen in the load phase, in the order seen: when a tail happened, and whether
+    /// the query that saw it was slow.
+    pub probes: Vec<ProbeSeen>,
+}
+
+/// One probe seen in one path.
+#[derive(Debug, Serialize)]
+pub struct ProbeSeen {
+    /// When ingest acknowledged it, seconds after the bench started.
+    pub acked_s: f64,
+    /// Acknowledgement → seen through serving, ms.
+    pub latency_ms: f64,
+    /// How long serving took to answer the query that saw it, ms.
+    pub query_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -300,6 +314,20 @@ pub fn markdown(r: &Report) -> String {
             100.0 * c.lakehouse.share(),
             c.lakehouse.judged
         );
+    }
+    // the wrong windows of the last check (after the recompute, both should be exact)
+    if let Some(c) = r.checks.last() {
+        for (arch, wrong) in [
+            ("Lambda", &c.lambda_wrong),
+            ("Lakehouse", &c.lakehouse_wrong),
+        ] {
+            if !wrong.is_empty() {
+                let _ = writeln!(m, "\n{arch}, wrong windows {}:\n", c.label);
+                for w in wrong {
+                    let _ = writeln!(m, "- `{w}`");
+                }
+            }
+        }
     }
     let _ = writeln!(m, "\n![accuracy](accuracy.png)\n");
     let _ = writeln!(m, "## Fraud detection (alerts at score ≥ 0.8)\n");

@@ -168,7 +168,8 @@ pub fn card_exact(expected: &CardAgg, served: &serde_json::Value) -> bool {
 /// 3339) against the truth, over the windows starting in `[from_ms, to_ms)`: every settled window
 /// of the truth must be served and equal; every served window the truth does not have (and that
 /// is settled) is a phantom and counts wrong.
-pub fn judge<A>(
+#[allow(clippy::too_many_arguments)]
+pub fn judge<A: std::fmt::Debug>(
     truth: &BTreeMap<WindowKey, A>,
     settled: impl Fn(&WindowKey) -> bool,
     key: &str,
@@ -176,6 +177,7 @@ pub fn judge<A>(
     to_ms: i64,
     served: &[serde_json::Value],
     exact: impl Fn(&A, &serde_json::Value) -> bool,
+    wrong: &mut Vec<String>,
 ) -> Score {
     let mut by_start: HashMap<i64, &serde_json::Value> = HashMap::new();
     for w in served {
@@ -196,15 +198,24 @@ pub fn judge<A>(
             continue;
         }
         score.judged += 1;
-        if by_start.remove(&w.1).is_some_and(|s| exact(agg, s)) {
-            score.exact += 1;
+        match by_start.remove(&w.1) {
+            Some(s) if exact(agg, s) => score.exact += 1,
+            s => wrong.push(format!(
+                "{key} {}: expected {agg:?}, served {}",
+                crate::report::rfc3339(w.1),
+                s.map_or("nothing".to_owned(), |s| s.to_string())
+            )),
         }
     }
-    for (start, _) in by_start {
+    for (start, s) in by_start {
         let w = (key.to_owned(), start);
         if (from_ms..to_ms).contains(&start) && !truth.contains_key(&w) && settled(&w) {
             // served, never sent
             score.judged += 1;
+            wrong.push(format!(
+                "{key} {}: never sent, served {s}",
+                crate::report::rfc3339(start)
+            ));
         }
     }
     score
@@ -312,6 +323,7 @@ mod tests {
             served(m + 3 * MINUTE_MS, 9, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)), // unsettled: skipped
             served(m + 4 * MINUTE_MS, 1, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)), // phantom
         ];
+        let mut wrong = Vec::new();
         let s = judge(
             &truth.sensors,
             |w| truth.settled(w, now, settle),
@@ -320,6 +332,7 @@ mod tests {
             m + 10 * MINUTE_MS,
             &served,
             sensor_exact,
+            &mut wrong,
         );
         assert_eq!(
             s,
@@ -328,6 +341,11 @@ mod tests {
                 exact: 1
             }
         );
+        // each wrong window named: the wrong count, the missing one, the phantom
+        assert_eq!(wrong.len(), 3, "{wrong:?}");
+        assert!(wrong[0].contains("served {"), "{wrong:?}");
+        assert!(wrong[1].contains("served nothing"), "{wrong:?}");
+        assert!(wrong[2].contains("never sent"), "{wrong:?}");
         assert_eq!(s.share(), 0.25);
         // out of range: nothing judged
         let s = judge(
@@ -338,6 +356,7 @@ mod tests {
             m + 30 * MINUTE_MS,
             &served,
             sensor_exact,
+            &mut wrong,
         );
         assert_eq!(s, Score::default());
         assert_eq!(s.share(), 1.0);

@@ -166,7 +166,12 @@ fn short_bench_reports_both_architectures_exact_after_the_recompute_then_the_cou
             after[arch]["exact"].as_u64().unwrap(),
         );
         assert!(judged > 20, "{arch}: {judged} windows judged");
-        assert_eq!(exact, judged, "{arch}: windows exact after the recompute");
+        assert_eq!(
+            exact,
+            judged,
+            "{arch}: windows exact after the recompute; wrong: {}",
+            after[format!("{arch}_wrong")]
+        );
     }
     let sent = &report["sent"];
     assert!(sent["accepted"].as_u64().unwrap() > 5_000, "{sent}");
