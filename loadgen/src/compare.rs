@@ -186,6 +186,10 @@ pub struct CompareArgs {
 /// Most probes polled per path and round.
 const PROBES_PER_ROUND: usize = 16;
 
+/// A probe query not answered within this long is given up (counted in `failed_queries`) and
+/// asked again the next round.
+const PROBE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
 const SERVICES: [&str; 5] = ["ingest", "speed", "batch", "serving", "lakehouse"];
 
 /// One service process (local mode) or endpoint (external mode).
@@ -395,6 +399,8 @@ struct Freshness {
     /// Per path, each probe seen in the load phase: (acknowledged, latency, time of the query
     /// that saw it).
     seen: HashMap<&'static str, Vec<(Instant, Duration, Duration)>>,
+    /// Per path, probe queries that failed or were not answered within [`PROBE_QUERY_TIMEOUT`].
+    failed_queries: HashMap<&'static str, u64>,
 }
 
 impl Freshness {
@@ -545,30 +551,46 @@ async fn poll_path(sh: Arc<Shared>, path: &'static str, api: &'static str, every
                 .cloned()
                 .collect::<Vec<_>>()
         };
-        let seen: Vec<(String, Instant, Duration)> = futures::stream::iter(pending)
+        // a query that hangs must not hold the round (and every newer probe) up: it is given up
+        // after PROBE_QUERY_TIMEOUT and counted, and its probe is asked again next round
+        let answers: Vec<Option<(String, Instant, Duration)>> = futures::stream::iter(pending)
             .map(|p| {
                 let sh = sh.clone();
                 async move {
                     let asked = Instant::now();
-                    let v = windows(
-                        &sh,
-                        api,
-                        "sensors",
-                        &p.device,
-                        p.window_ms,
-                        p.window_ms + MINUTE_MS,
+                    let v = tokio::time::timeout(
+                        PROBE_QUERY_TIMEOUT,
+                        windows(
+                            &sh,
+                            api,
+                            "sensors",
+                            &p.device,
+                            p.window_ms,
+                            p.window_ms + MINUTE_MS,
+                        ),
                     )
-                    .await?;
+                    .await
+                    .ok()
+                    .flatten()?;
                     let at = Instant::now();
-                    (!served_windows(&v).is_empty()).then(|| (p.device, at, at - asked))
+                    Some((!served_windows(&v).is_empty()).then(|| (p.device, at, at - asked)))
                 }
             })
             .buffer_unordered(16)
-            .filter_map(|x| async move { x })
+            .filter_map(|x| async move {
+                match x {
+                    None => Some(None),
+                    Some(seen) => seen.map(Some),
+                }
+            })
             .collect()
             .await;
         let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-        for (device, at, query) in seen {
+        for answer in answers {
+            let Some((device, at, query)) = answer else {
+                *f.failed_queries.entry(path).or_default() += 1;
+                continue;
+            };
             let list = f.pending(path);
             if let Some(i) = list.iter().position(|p| p.device == device) {
                 let p = list.remove(i);
@@ -1489,6 +1511,7 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
             percentiles: h.map(truth::percentiles).unwrap_or_default(),
             never_seen: pending as u64 + fresh.unseen.get(path).copied().unwrap_or(0),
             cdf: h.map(report::cdf).unwrap_or_default(),
+            failed_queries: fresh.failed_queries.get(path).copied().unwrap_or(0),
             probes: fresh
                 .seen
                 .get(path)

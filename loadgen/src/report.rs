@@ -34,6 +34,9 @@ pub struct FreshnessRow {
     pub never_seen: u64,
     /// (latency ms, share of probes at or below it), for the chart.
     pub cdf: Vec<(f64, f64)>,
+    /// Probe queries (speed path and gold) that failed or were not answered within 2 s: given
+    /// up and asked again the next round. Not zero means serving hung or failed on some reads.
+    pub failed_queries: u64,
     /// Each probe seen in the load phase, in the order seen: when a tail happened, and whether
     /// the query that saw it was slow.
     pub probes: Vec<ProbeSeen>,
@@ -283,14 +286,21 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         m,
-        "| path | probes | p50 | p95 | p99 | max | never seen |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| path | probes | p50 | p95 | p99 | max | never seen | queries failed or over 2 s |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     for f in &r.freshness {
         let p = &f.percentiles;
         let _ = writeln!(
             m,
-            "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {} |",
-            f.path, p.samples, p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms, f.never_seen
+            "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} |",
+            f.path,
+            p.samples,
+            p.p50_ms,
+            p.p95_ms,
+            p.p99_ms,
+            p.max_ms,
+            f.never_seen,
+            f.failed_queries
         );
     }
     let _ = writeln!(m, "\n![freshness](freshness.png)\n");
