@@ -333,6 +333,16 @@ struct Fresh {
 
 pub use crate::history::HISTORY_MS;
 
+/// The columns of `silver_payments` a card history is read from (what [`history_rows`] reads).
+const HISTORY_COLUMNS: [&str; 6] = [
+    "card_id",
+    "kafka_partition",
+    "kafka_offset",
+    "ts_ms",
+    "lat",
+    "lon",
+];
+
 /// The event ids of recent minutes, per event kind: what silver holds for them.
 #[derive(Default)]
 struct Seen {
@@ -1191,16 +1201,7 @@ impl Pipeline {
                     col("kafka_partition").in_list(parts.iter().map(|p| lit(*p)).collect(), false),
                 ))
             })
-            .and_then(|df| {
-                df.select_columns(&[
-                    "card_id",
-                    "kafka_partition",
-                    "kafka_offset",
-                    "ts_ms",
-                    "lat",
-                    "lon",
-                ])
-            })
+            .and_then(|df| df.select_columns(&HISTORY_COLUMNS))
             .map_err(|e| err(e.to_string()))?
             .execute_stream()
             .await
@@ -1255,16 +1256,7 @@ impl Pipeline {
                             .and(col("ts_ms").gt_eq(lit(floor))),
                     )
                 })
-                .and_then(|df| {
-                    df.select_columns(&[
-                        "card_id",
-                        "kafka_partition",
-                        "kafka_offset",
-                        "ts_ms",
-                        "lat",
-                        "lon",
-                    ])
-                })
+                .and_then(|df| df.select_columns(&HISTORY_COLUMNS))
                 .map_err(|e| err(e.to_string()))?
                 .collect()
                 .await
