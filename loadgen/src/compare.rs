@@ -535,6 +535,39 @@ fn expire(sh: &Shared, path: &'static str, timeout: Duration) {
     *f.unseen.entry(path).or_default() += gone;
 }
 
+/// Query the window of probe `p`'s minute in `api` (`lambda` or `lakehouse`): the answer, when it
+/// arrived and how long the query took (`None`: the query failed).
+async fn probe_window(
+    sh: &Shared,
+    api: &str,
+    p: &Probe,
+) -> Option<(serde_json::Value, Instant, Duration)> {
+    let asked = Instant::now();
+    let v = windows(
+        sh,
+        api,
+        "sensors",
+        &p.device,
+        p.window_ms,
+        p.window_ms + MINUTE_MS,
+    )
+    .await?;
+    let at = Instant::now();
+    Some((v, at, at - asked))
+}
+
+/// Record the probes of `path` seen: (device, when, query time).
+fn mark_seen(sh: &Shared, path: &'static str, seen: Vec<(String, Instant, Duration)>) {
+    let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
+    for (device, at, query) in seen {
+        let list = f.pending(path);
+        if let Some(i) = list.iter().position(|p| p.device == device) {
+            let p = list.remove(i);
+            f.record(path, &p, at, query);
+        }
+    }
+}
+
 /// Poll the pending probes of the speed path (`api` `lambda`) or of gold (`lakehouse`) every
 /// `every`, the oldest first. Each path is polled by its own task, so a slow answer in one path
 /// never delays the measurement of another.
@@ -553,50 +586,33 @@ async fn poll_path(sh: Arc<Shared>, path: &'static str, api: &'static str, every
         };
         // a query that hangs must not hold the round (and every newer probe) up: it is given up
         // after PROBE_QUERY_TIMEOUT and counted, and its probe is asked again next round
-        let answers: Vec<Option<(String, Instant, Duration)>> = futures::stream::iter(pending)
+        let answers: Vec<Option<(Probe, bool, Instant, Duration)>> = futures::stream::iter(pending)
             .map(|p| {
                 let sh = sh.clone();
                 async move {
-                    let asked = Instant::now();
-                    let v = tokio::time::timeout(
-                        PROBE_QUERY_TIMEOUT,
-                        windows(
-                            &sh,
-                            api,
-                            "sensors",
-                            &p.device,
-                            p.window_ms,
-                            p.window_ms + MINUTE_MS,
-                        ),
-                    )
-                    .await
-                    .ok()
-                    .flatten()?;
-                    let at = Instant::now();
-                    Some((!served_windows(&v).is_empty()).then(|| (p.device, at, at - asked)))
+                    let (v, at, query) =
+                        tokio::time::timeout(PROBE_QUERY_TIMEOUT, probe_window(&sh, api, &p))
+                            .await
+                            .ok()
+                            .flatten()?;
+                    Some((p, !served_windows(&v).is_empty(), at, query))
                 }
             })
-            .buffer_unordered(16)
-            .filter_map(|x| async move {
-                match x {
-                    None => Some(None),
-                    Some(seen) => seen.map(Some),
-                }
-            })
+            .buffer_unordered(PROBES_PER_ROUND)
             .collect()
             .await;
-        let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-        for answer in answers {
-            let Some((device, at, query)) = answer else {
-                *f.failed_queries.entry(path).or_default() += 1;
-                continue;
-            };
-            let list = f.pending(path);
-            if let Some(i) = list.iter().position(|p| p.device == device) {
-                let p = list.remove(i);
-                f.record(path, &p, at, query);
-            }
+        let failed = answers.iter().filter(|a| a.is_none()).count() as u64;
+        if failed > 0 {
+            let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
+            *f.failed_queries.entry(path).or_default() += failed;
         }
+        let seen = answers
+            .into_iter()
+            .flatten()
+            .filter(|a| a.1)
+            .map(|(p, _, at, query)| (p.device, at, query))
+            .collect();
+        mark_seen(&sh, path, seen);
     }
 }
 
@@ -627,38 +643,22 @@ async fn poll_batch(sh: Arc<Shared>) {
                 .cloned()
                 .collect()
         };
-        let seen: Vec<(String, Instant, Duration)> = futures::stream::iter(covered)
+        let seen = futures::stream::iter(covered)
             .map(|p| {
                 let sh = sh.clone();
                 async move {
-                    let asked = Instant::now();
-                    let v = windows(
-                        &sh,
-                        "lambda",
-                        "sensors",
-                        &p.device,
-                        p.window_ms,
-                        p.window_ms + MINUTE_MS,
-                    )
-                    .await?;
-                    let at = Instant::now();
+                    let (v, at, query) = probe_window(&sh, "lambda", &p).await?;
                     served_windows(&v)
                         .first()
                         .is_some_and(|w| w["source"] == "batch")
-                        .then(|| (p.device, at, at - asked))
+                        .then_some((p.device, at, query))
                 }
             })
             .buffer_unordered(PROBES_PER_ROUND)
             .filter_map(|x| async move { x })
             .collect()
             .await;
-        let mut f = sh.fresh.lock().unwrap_or_else(|e| e.into_inner());
-        for (device, at, query) in seen {
-            if let Some(i) = f.batch.iter().position(|q| q.device == device) {
-                let p = f.batch.remove(i);
-                f.record("batch", &p, at, query);
-            }
-        }
+        mark_seen(&sh, "batch", seen);
     }
 }
 
